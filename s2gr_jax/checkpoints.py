@@ -1,0 +1,77 @@
+"""Orbax checkpoints of a training run, in ``workdir/checkpoints/``.
+
+* ``last/``: model + optimizer state, the Grain iterator position and the loop's own
+  bookkeeping (step, best metric so far, patience, wall time), every
+  ``train.checkpoint_every`` steps and when a run stops; rerunning the same command in the
+  same workdir resumes from here (precedence: resume > scratch).
+* ``best/``: model state only, whenever the validation selection metric improves; the
+  final test uses it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def abstract_like(tree) -> Any:
+  """Shapes, dtypes and shardings of ``tree``: the restore target."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+class Checkpoints:
+
+  def __init__(self, workdir: str, max_to_keep: int):
+    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.last = ocp.CheckpointManager(
+        os.path.join(root, "last"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+    self.best = ocp.CheckpointManager(
+        os.path.join(root, "best"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+  def latest_step(self) -> int | None:
+    return self.last.latest_step()
+
+  def save_last(self, step: int, state, data_iter, meta: dict) -> None:
+    self.last.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iter),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_last(self, state_like, data_iter) -> tuple[Any, dict]:
+    """Restores onto the shardings of ``state_like``; moves ``data_iter`` in place."""
+    step = self.last.latest_step()
+    restored = self.last.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_like(state_like)),
+        data=grain.checkpoint.CheckpointRestore(data_iter),
+        meta=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["meta"])
+
+  def save_best(self, step: int, model_state, meta: dict) -> None:
+    self.best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(model_state), meta=ocp.args.JsonSave(meta)),
+                   force=True)
+
+  def has_best(self) -> bool:
+    return self.best.latest_step() is not None
+
+  def restore_best(self, model_state_like) -> tuple[Any, dict]:
+    step = self.best.latest_step()
+    restored = self.best.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_like(model_state_like)),
+        meta=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["meta"])
+
+  def wait(self) -> None:
+    self.last.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.last.close()
+    self.best.close()

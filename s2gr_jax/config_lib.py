@@ -1,0 +1,121 @@
+"""The configuration schema shared by every recipe, and its validation.
+
+Recipes (``configs/*.py``) start from ``base_config()`` and change values; presets
+(``configs/x.py:tiny``) are structural variants chosen by ``get_config(arg)``. The config
+is locked, so ``--config.train.stepz=1`` fails with "Did you mean steps"; ``validate``
+then checks values and their combinations and names the key at fault.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from s2gr_jax.data import datasets
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "synthetic"  # 'synthetic' or a sub-folder of data.dir (beauty, ...)
+  c.data.dir = os.environ.get(datasets.DATA_DIR_ENV, "")
+  c.data.tfds_dir = ""  # where TFDS writes array_record; '' = $S2GR_TFDS_DIR or ~/.cache
+  c.data.on_short_sequence = "error"  # or 'drop' (counted in the log)
+  c.data.max_history = 20
+  c.data.length_buckets = (5, 10, 20)  # history pad lengths; the last = max_history
+  c.data.user_buckets = 2000
+  c.data.num_threads = 2  # Grain read threads feeding the train step
+  c.data.synthetic = ml_collections.ConfigDict(dict(
+      num_users=2000, num_items=1000, branching=(8, 8), brands_per_top=4,
+      min_length=5, mean_length=9.0, max_length=40, favourite_leaves=3,
+      p_complement=0.15, p_same_leaf=0.2, p_favourite=0.55, tags_per_leaf=12, tags_per_item=3,
+      noise_attribute_rate=0.3, seed=0))
+
+  c.sid = ml_collections.ConfigDict()
+  c.sid.embedding = "attributes"  # 'attributes' | 'text_tfidf' | 'npy'
+  c.sid.embedding_path = ""  # for 'npy': float32[num_items, d], row i = item i + 1
+  c.sid.embedding_dim = 64
+  c.sid.seed = 0
+  c.sid.quantizer = ml_collections.ConfigDict(dict(
+      kind="rqkmeans", levels=3, codebook_size=256, iters=50, seed=0))
+
+  c.model = ml_collections.ConfigDict(dict(
+      name="tiger", d_model=128, num_heads=6, head_dim=64, d_ff=1024,
+      encoder_layers=4, decoder_layers=4, dropout=0.1, rel_pos_buckets=32,
+      rel_pos_max_distance=128, dtype="float32"))
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=256, num_steps=20_000, lr=1e-3, warmup_steps=1_000,
+      end_lr_ratio=0.01, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip=1.0,
+      log_every=100, eval_every=1_000, checkpoint_every=1_000, patience=10,
+      stop_at_step=-1))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      beam_size=20, batch_size=256, ks=(1, 5, 10, 20), val_users=0,
+      select_metric="ndcg@10"))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1))
+  c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2))
+  return c
+
+
+def _choice(key: str, value, options) -> None:
+  if value not in options:
+    raise ValueError(f"config.{key}={value!r}; choose one of {list(options)}")
+
+
+def _positive(config, *keys: str) -> None:
+  for key in keys:
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if value <= 0:
+      raise ValueError(f"config.{key} must be positive, got {value!r}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks values and combinations; raises ValueError naming the key."""
+  _choice("data.on_short_sequence", config.data.on_short_sequence, ("error", "drop"))
+  _choice("sid.embedding", config.sid.embedding, ("attributes", "text_tfidf", "npy"))
+  _choice("sid.quantizer.kind", config.sid.quantizer.kind, ("rqkmeans",))
+  _choice("model.name", config.model.name, ("tiger",))
+  _choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+  _positive(config, "data.max_history", "data.user_buckets", "sid.embedding_dim",
+            "sid.quantizer.levels", "sid.quantizer.codebook_size", "model.d_model",
+            "model.num_heads", "model.head_dim", "model.d_ff", "model.encoder_layers",
+            "model.decoder_layers", "train.batch_size", "train.num_steps", "train.lr",
+            "train.log_every", "train.eval_every", "train.checkpoint_every",
+            "eval.beam_size", "eval.batch_size", "checkpoint.max_to_keep")
+  buckets = tuple(config.data.length_buckets)
+  if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
+    raise ValueError(f"config.data.length_buckets={buckets} must be increasing positive "
+                     "lengths")
+  if buckets[-1] != config.data.max_history:
+    raise ValueError(f"config.data.length_buckets must end at data.max_history="
+                     f"{config.data.max_history}, got {buckets}")
+  if not 0 <= config.model.dropout < 1:
+    raise ValueError(f"config.model.dropout={config.model.dropout} must be in [0, 1)")
+  if config.eval.beam_size < max(config.eval.ks):
+    raise ValueError(f"config.eval.beam_size={config.eval.beam_size} must be at least "
+                     f"max(eval.ks)={max(config.eval.ks)}")
+  metric = config.eval.select_metric
+  if metric not in {f"{m}@{k}" for m in ("recall", "ndcg") for k in config.eval.ks}:
+    raise ValueError(f"config.eval.select_metric={metric!r} must be recall@K or ndcg@K "
+                     f"with K in eval.ks={tuple(config.eval.ks)}")
+  if config.train.warmup_steps < 0 or config.train.warmup_steps >= config.train.num_steps:
+    raise ValueError("config.train.warmup_steps must be in [0, train.num_steps)")
+  if config.sid.embedding == "npy" and not config.sid.embedding_path:
+    raise ValueError("config.sid.embedding='npy' needs config.sid.embedding_path")
+
+
+def apply_preset(config: ml_collections.ConfigDict, arg: str | None,
+                 presets: dict) -> ml_collections.ConfigDict:
+  """Applies ``presets[arg]`` (a function that edits the config) for ``file.py:arg``."""
+  if arg:
+    if arg not in presets:
+      raise ValueError(f"unknown preset ':{arg}'; available: {sorted(presets)}")
+    presets[arg](config)
+  return config

@@ -1,0 +1,1 @@
+"""Datasets: prepared-format readers, TFDS builders, Grain pipelines."""

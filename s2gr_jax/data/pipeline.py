@@ -1,0 +1,207 @@
+"""Grain pipelines: leave-one-out split, sliding windows, length buckets, batches.
+
+Protocol (SPEC §0): per user, the last item is the test target, the second-to-last the
+validation target, and training examples are all prefixes of the rest (the target at
+position ``t`` with history ``items[:t]``, ``t = 1 .. n-3``). Histories keep the
+``max_history`` most recent items.
+
+Every example is a dict of numpy arrays (a batch adds a leading ``[B]`` axis):
+
+  history_items  int32[H]         item ids, left-aligned, 0 = padding
+  history_codes  int32[H, levels] their Semantic IDs (0 at padding)
+  history_mask   bool[H]
+  user_bucket    int32[]          hashed user id in [0, user_buckets)
+  target_item    int32[]
+  target_codes   int32[levels]
+  weight         float32[]        1, or 0 for rows that only pad an evaluation batch
+
+``H`` is the example's length bucket: histories are padded to the smallest of
+``length_buckets`` that holds them, so short histories (most of them) cost less; each
+bucket is one static shape for ``jit``. Training batches come from one bucket at a time,
+mixed in proportion to the buckets' sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator, Sequence
+
+import grain
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+def hash_users(user_ids: np.ndarray, num_buckets: int) -> np.ndarray:
+  """A fixed multiplicative (Knuth) hash of user ids into ``[0, num_buckets)``."""
+  h = (np.asarray(user_ids, np.uint64) * np.uint64(2654435761)) % np.uint64(2**32)
+  return (h % np.uint64(num_buckets)).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaveOneOut:
+  """The leave-one-out split of a dataset, as index arrays.
+
+  Attributes:
+    lengths: int64[num_users] sequence lengths.
+  """
+
+  lengths: np.ndarray
+
+  @classmethod
+  def from_sequences(cls, sequences: Sequence[np.ndarray]) -> "LeaveOneOut":
+    lengths = np.asarray([len(s) for s in sequences], np.int64)
+    if lengths.size and lengths.min() < 3:
+      raise ValueError("leave-one-out needs at least 3 items per user; got "
+                       f"{int(lengths.min())}")
+    return cls(lengths)
+
+  def train_index(self) -> np.ndarray:
+    """int64[num_examples, 2]: (user index, target position) of every training example."""
+    users = np.repeat(np.arange(len(self.lengths)), self.lengths - 3)
+    starts = np.cumsum(self.lengths - 3) - (self.lengths - 3)
+    positions = np.arange(len(users)) - np.repeat(starts, self.lengths - 3) + 1
+    return np.stack([users, positions], axis=1)
+
+  def eval_index(self, split: str) -> np.ndarray:
+    """int64[num_users, 2]: (user index, target position) for 'val' or 'test'."""
+    offset = {"val": 2, "test": 1}.get(split)
+    if offset is None:
+      raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    return np.stack([np.arange(len(self.lengths)), self.lengths - offset], axis=1)
+
+  def training_histories(self, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The training part of every user (everything before the validation target)."""
+    return [s[:n - 2] for s, n in zip(sequences, self.lengths)]
+
+
+def bucket_of(history_lengths: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
+  """Index of the smallest bucket that holds each (capped) history length."""
+  return np.searchsorted(np.asarray(buckets), history_lengths, side="left")
+
+
+class MakeExample(grain.transforms.Map):
+  """(user index, target position) → padded example, reading the user's record."""
+
+  def __init__(self, source: Any, codes: np.ndarray, user_buckets: np.ndarray,
+               max_history: int, pad_to: int):
+    self._source = source
+    self._codes = codes  # int32[num_items + 1, levels]; row 0 = padding
+    self._user_buckets = user_buckets
+    self._max_history = max_history
+    self._pad_to = pad_to
+
+  def map(self, element) -> Batch:
+    user, pos = int(element[0]), int(element[1])
+    items = np.asarray(self._source[user]["items"], np.int32)
+    history = items[max(0, pos - self._max_history):pos]
+    padded = np.zeros(self._pad_to, np.int32)
+    padded[:len(history)] = history
+    target = items[pos]
+    return {
+        "history_items": padded,
+        "history_codes": self._codes[padded],
+        "history_mask": padded > 0,
+        "user_bucket": self._user_buckets[user],
+        "target_item": target,
+        "target_codes": self._codes[target],
+        "weight": np.float32(1.0),
+    }
+
+
+@dataclasses.dataclass
+class Pipelines:
+  """Everything the trainer reads: training iterator factory and evaluation batches.
+
+  Built once per run from the dataset, its split and the SID codes.
+  """
+
+  source: Any
+  split: LeaveOneOut
+  codes: np.ndarray  # int32[num_items + 1, levels]
+  user_buckets: np.ndarray  # int32[num_users]
+  max_history: int
+  length_buckets: tuple[int, ...]
+  shard_index: int = 0
+  shard_count: int = 1
+
+  def _buckets_for(self, index: np.ndarray, min_size: int) -> list[tuple[int, np.ndarray]]:
+    """Groups examples by length bucket; buckets smaller than ``min_size`` merge upward."""
+    hist = np.minimum(index[:, 1], self.max_history)
+    which = bucket_of(hist, self.length_buckets)
+    groups, carry = [], np.zeros((0, 2), index.dtype)
+    for b, length in enumerate(self.length_buckets):
+      members = np.concatenate([carry, index[which == b]])
+      if len(members) >= min_size or b == len(self.length_buckets) - 1:
+        if len(members):
+          groups.append((length, members))
+        carry = np.zeros((0, 2), index.dtype)
+      else:
+        carry = members
+    return groups
+
+  def train_dataset(self, batch_size: int, seed: int,
+                    num_threads: int = 2, prefetch: int = 4) -> grain.IterDataset:
+    """An infinite, shuffled stream of training batches of this host's shard.
+
+    ``batch_size`` is the per-host batch. Each bucket is shuffled with its own seed
+    derived from ``seed`` (reshuffled every epoch) and batched without remainder;
+    the buckets are then mixed in proportion to their number of batches.
+    """
+    index = self.split.train_index()[self.shard_index::self.shard_count]
+    groups = self._buckets_for(index, batch_size)
+    datasets, weights = [], []
+    for b, (length, members) in enumerate(groups):
+      if len(members) < batch_size:
+        raise ValueError(f"only {len(members)} training examples on this host, fewer "
+                         f"than one batch of {batch_size}; lower train.batch_size")
+      ds = (grain.MapDataset.source(members).seed(seed * 1000 + b).shuffle()
+            .map(MakeExample(self.source, self.codes, self.user_buckets,
+                             self.max_history, length))
+            .batch(batch_size, drop_remainder=True).repeat())
+      datasets.append(ds)
+      weights.append(len(members) // batch_size)
+    mixed = grain.MapDataset.mix(datasets, weights) if len(datasets) > 1 else datasets[0]
+    return mixed.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                   prefetch_buffer_size=prefetch))
+
+  def steps_per_epoch(self, batch_size: int) -> int:
+    index = self.split.train_index()[self.shard_index::self.shard_count]
+    return sum(len(m) // batch_size for _, m in self._buckets_for(index, batch_size))
+
+  def num_train_examples(self) -> int:
+    return int((self.split.lengths - 3).sum())
+
+  def eval_batches(self, split: str, batch_size: int,
+                   users: np.ndarray | None = None) -> list[Batch]:
+    """This host's evaluation batches for 'val' or 'test', bucketed by history length.
+
+    ``users`` restricts evaluation to a subset (indices into the dataset). The last
+    batch of each bucket is padded with weight-0 rows; every host gets the same number
+    of batches.
+    """
+    index = self.split.eval_index(split)
+    if users is not None:
+      index = index[np.sort(users)]
+    out = []
+    for length, members in self._buckets_for(index, 1):
+      local = members[self.shard_index::self.shard_count]
+      per_host = -(-len(members) // self.shard_count)
+      num_batches = -(-per_host // batch_size)
+      make = MakeExample(self.source, self.codes, self.user_buckets, self.max_history,
+                         length)
+      examples = [make.map(e) for e in local]
+      for i in range(num_batches):
+        chunk = examples[i * batch_size:(i + 1) * batch_size]
+        out.append(_pad_batch(chunk, batch_size, make.map(members[0])))
+    return out
+
+
+def _pad_batch(examples: list[Batch], batch_size: int, filler: Batch) -> Batch:
+  pad = dict(filler, weight=np.float32(0.0))
+  rows = examples + [pad] * (batch_size - len(examples))
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def iterate(ds: grain.IterDataset) -> Iterator[Batch]:
+  return iter(ds)

@@ -1,0 +1,53 @@
+r"""Entry point: ``python -m s2gr_jax.main --config configs/<recipe>.py[:preset] --workdir DIR``.
+
+Values are overridden with ``--config.train.num_steps=2000`` style flags; the config is
+locked, so a mistyped key fails. Rerunning the same command in the same workdir resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging as absl_logging
+import jax
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Recipe file, e.g. configs/default.py or configs/tiger_beauty.py:tiny.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if it "
+                               "holds checkpoints). Local path or gs://.")
+_MULTIPROCESS = flags.DEFINE_bool("multiprocess", False, "Call jax.distributed.initialize() "
+                                  "(multi-host TPU/GPU; settings from the environment).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def setup_logging() -> None:
+  """Our progress lines on stdout; library INFO chatter (Orbax, TFDS) silenced."""
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logger = logging.getLogger("s2gr_jax")
+  if not logger.handlers:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+  logger.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
+  logger.propagate = False
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _MULTIPROCESS.value:
+    jax.distributed.initialize()
+  jax.config.update("jax_threefry_partitionable", True)
+  setup_logging()
+  from s2gr_jax import run  # pylint: disable=g-import-not-at-top
+  run.run(_CONFIG.value, os.path.expanduser(_WORKDIR.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,193 @@
+"""TIGER: a T5-style encoder–decoder that reads a user's history as Semantic-ID tokens
+and generates the next item's SID, one level at a time (Rajput et al., 2023; SPEC §3).
+
+Token layout (one embedding table for encoder and decoder):
+
+  0           padding
+  1           BOS (decoder start)
+  2 .. 2+U-1  hashed user buckets (the encoder's first token)
+  then one id range per SID level: code ``c`` of level ``l`` is ``offset[l] + c``
+
+The encoder sees ``[user, item1_l0, item1_l1, ..., itemH_l(L-1)]``; the decoder is
+teacher-forced on ``[BOS, s0, ..., s(L-2)]`` and position ``l`` predicts level ``l``'s code
+through that level's slice of one output projection.
+
+Decoding interface, shared with the other generators (see ``decoding.py``):
+``start_decoding(batch, beam) -> state`` and ``decode_level(state, prev_codes, level) ->
+(log_probs [B, K, V_level], state)``. ``state["per_beam"]`` holds everything with
+leading ``[B, K]`` axes (the self-attention KV cache), which the beam search reorders
+within each user (so a batch split over devices stays local); the rest is per user and
+never copied per beam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from s2gr_jax.models import layers
+
+PAD, BOS, FIRST_USER = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TigerConfig:
+  codebook_sizes: tuple[int, ...]
+  user_buckets: int = 2000
+  d_model: int = 128
+  num_heads: int = 6
+  head_dim: int = 64
+  d_ff: int = 1024
+  encoder_layers: int = 4
+  decoder_layers: int = 4
+  dropout: float = 0.1
+  rel_pos_buckets: int = 32
+  rel_pos_max_distance: int = 128
+  dtype: str = "float32"
+
+  @property
+  def code_offsets(self) -> tuple[int, ...]:
+    start = FIRST_USER + self.user_buckets
+    return tuple(int(x) for x in start + np.cumsum((0,) + self.codebook_sizes[:-1]))
+
+  @property
+  def vocab_size(self) -> int:
+    return FIRST_USER + self.user_buckets + sum(self.codebook_sizes)
+
+  @property
+  def num_levels(self) -> int:
+    return len(self.codebook_sizes)
+
+
+class Tiger(nnx.Module):
+  """The TIGER generator (SPEC §3 backbone)."""
+
+  def __init__(self, cfg: TigerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dtype = jnp.dtype(cfg.dtype)
+    d, h = cfg.d_model, cfg.num_heads
+    args = (d, h, cfg.head_dim, cfg.d_ff, cfg.dropout)
+    self.embed = nnx.Embed(cfg.vocab_size, d, dtype=dtype, rngs=rngs)
+    self.enc_bias = layers.RelativePositionBias(
+        h, bidirectional=True, num_buckets=cfg.rel_pos_buckets,
+        max_distance=cfg.rel_pos_max_distance, rngs=rngs)
+    self.encoder = nnx.List([layers.EncoderLayer(*args, dtype=dtype, rngs=rngs)
+                             for _ in range(cfg.encoder_layers)])
+    self.enc_norm = nnx.RMSNorm(d, epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.dec_bias = layers.RelativePositionBias(
+        h, bidirectional=False, num_buckets=cfg.rel_pos_buckets,
+        max_distance=cfg.rel_pos_max_distance, rngs=rngs)
+    self.decoder = nnx.List([layers.DecoderLayer(*args, dtype=dtype, rngs=rngs)
+                             for _ in range(cfg.decoder_layers)])
+    self.dec_norm = nnx.RMSNorm(d, epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(d, sum(cfg.codebook_sizes), use_bias=False, dtype=dtype,
+                           rngs=rngs)
+    self.drop = layers.Dropout(cfg.dropout)
+
+  # --- encoder -----------------------------------------------------------------------
+
+  def encode(self, batch, rngs: nnx.Rngs | None = None):
+    """History → encoder states [B, T, d] and their mask bool[B, T], T = 1 + H*L."""
+    codes = batch["history_codes"]  # [B, H, L]
+    b, hist, levels = codes.shape
+    tokens = (codes + jnp.asarray(self.cfg.code_offsets)).reshape(b, hist * levels)
+    user = FIRST_USER + batch["user_bucket"][:, None]
+    tokens = jnp.concatenate([user, tokens], axis=1)
+    mask = jnp.concatenate([jnp.ones((b, 1), bool),
+                            jnp.repeat(batch["history_mask"], levels, axis=1)], axis=1)
+    x = self.drop(self.embed(tokens), rngs)
+    bias = self.enc_bias(tokens.shape[1], tokens.shape[1])[None]
+    key_mask = mask[:, None, None, :]
+    for layer in self.encoder:
+      x = layer(x, key_mask, bias, rngs)
+    x = self.drop(self.enc_norm(x), rngs)
+    return x, mask
+
+  # --- decoder -----------------------------------------------------------------------
+
+  def embed_codes(self, codes: jax.Array, level: int) -> jax.Array:
+    return self.embed(codes + self.cfg.code_offsets[level])
+
+  def bos(self, shape: tuple[int, ...]) -> jax.Array:
+    return self.embed(jnp.full(shape, BOS, jnp.int32))
+
+  def decode(self, x, enc, enc_mask, rngs: nnx.Rngs | None = None):
+    """Teacher-forced decoder over input embeddings x [B, S, d] → hidden [B, S, d]."""
+    x = self.drop(x, rngs)
+    bias = self.dec_bias(x.shape[1], x.shape[1])
+    cross_mask = enc_mask[:, None, None, :]
+    for layer in self.decoder:
+      x = layer(x, layer.cross_attn.project_kv(enc), cross_mask, bias, rngs)
+    return self.drop(self.dec_norm(x), rngs)
+
+  def level_logits(self, hidden: jax.Array, level: int) -> jax.Array:
+    """Logits over level ``level``'s codes from decoder states [..., d]."""
+    lo = sum(self.cfg.codebook_sizes[:level])
+    kernel = self.head.kernel[:, lo:lo + self.cfg.codebook_sizes[level]]
+    return (hidden @ kernel.astype(hidden.dtype)).astype(jnp.float32)
+
+  def teacher_forced_logits(self, batch, rngs: nnx.Rngs | None = None):
+    """Per level, logits [B, V_l] for the target's code given its earlier codes."""
+    enc, enc_mask = self.encode(batch, rngs)
+    target = batch["target_codes"]
+    b, levels = target.shape
+    inputs = [self.bos((b, 1))] + [self.embed_codes(target[:, l:l + 1], l)
+                                   for l in range(levels - 1)]
+    hidden = self.decode(jnp.concatenate(inputs, axis=1), enc, enc_mask, rngs)
+    return [self.level_logits(hidden[:, l], l) for l in range(levels)]
+
+  def loss(self, batch, rngs: nnx.Rngs | None = None):
+    """Mean over levels of the weighted cross-entropy; returns (loss, metrics)."""
+    logits = self.teacher_forced_logits(batch, rngs)
+    w = batch["weight"]
+    denom = jnp.maximum(w.sum(), 1.0)
+    metrics, total = {}, 0.0
+    for l, lg in enumerate(logits):
+      tgt = batch["target_codes"][:, l]
+      ce = (optax.softmax_cross_entropy_with_integer_labels(lg, tgt) * w).sum() / denom
+      metrics[f"ce_l{l}"] = ce
+      metrics[f"acc_l{l}"] = ((lg.argmax(-1) == tgt) * w).sum() / denom
+      total = total + ce
+    loss = total / len(logits)
+    metrics["loss"] = loss
+    return loss, metrics
+
+  # --- cached decoding ---------------------------------------------------------------
+
+  def start_decoding(self, batch, beam: int):
+    enc, enc_mask = self.encode(batch)
+    b = enc.shape[0]
+    s_max = self.cfg.num_levels
+    shape = (b, beam, s_max, self.cfg.num_heads, self.cfg.head_dim)
+    cache = [(jnp.zeros(shape, enc.dtype), jnp.zeros(shape, enc.dtype))
+             for _ in self.decoder]
+    return {
+        "per_beam": {"cache": cache},
+        "cross": [layer.cross_attn.project_kv(enc) for layer in self.decoder],
+        "cross_mask": enc_mask[:, None, None, :],
+        "bias": self.dec_bias(s_max, s_max),
+    }
+
+  def decode_step(self, state, x: jax.Array, pos: int):
+    """Runs decoder position ``pos`` for input embeddings x [B, K, d] → hidden [B, K, d]."""
+    caches = []
+    for layer, cache, cross in zip(self.decoder, state["per_beam"]["cache"],
+                                   state["cross"]):
+      x, cache = layer.step(x, cache, pos, cross, state["cross_mask"], state["bias"])
+      caches.append(cache)
+    state = dict(state, per_beam=dict(state["per_beam"], cache=caches))
+    return self.dec_norm(x), state
+
+  def decode_level(self, state, prev_codes: jax.Array | None, level: int):
+    """Log-probs [B, K, V_level] of level ``level`` given the beams' previous codes."""
+    if level == 0:
+      x = self.bos(state["per_beam"]["cache"][0][0].shape[:2])
+    else:
+      x = self.embed_codes(prev_codes, level - 1)
+    hidden, state = self.decode_step(state, x, level)
+    return jax.nn.log_softmax(self.level_logits(hidden, level), axis=-1), state

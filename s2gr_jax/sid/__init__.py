@@ -1,0 +1,1 @@
+"""Semantic IDs: item vectors → quantizer → SidTable (codes, de-dup level, prefix index)."""

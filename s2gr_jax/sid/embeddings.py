@@ -1,0 +1,125 @@
+"""Item vectors for the tokenizer: ``float32[num_items, d]``, row ``i`` = item ``i + 1``.
+
+Sources (``config.sid.embedding``):
+
+* ``attributes``: a TF-IDF bag of each item's attribute ids (``item2attributes.json``),
+  reduced by a truncated SVD.
+* ``text_tfidf``: the same over tokens of the item text (brand, each category level,
+  title words), for datasets with ``item_text.json``.
+* ``npy``: a user-supplied matrix (``config.sid.embedding_path``), e.g. sentence
+  embeddings computed elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+SOURCES = ("attributes", "text_tfidf", "npy")
+
+
+def text_tokens(record: dict[str, Any] | None) -> list[str]:
+  """Attribute-like tokens from an item text record: brand, categories, title words."""
+  if not record:
+    return []
+  tokens = []
+  if record.get("brand"):
+    tokens.append("brand:" + str(record["brand"]).strip().lower())
+  categories = record.get("categories") or []
+  if isinstance(categories, str):
+    categories = [categories.split(",")]
+  for path in categories:
+    for depth, name in enumerate(path[1:] if len(path) > 1 else path):
+      tokens.append(f"cat{depth}:{str(name).strip().lower()}")
+  for word in re.findall(r"[a-z0-9]+", str(record.get("title") or "").lower()):
+    if len(word) > 2:
+      tokens.append("w:" + word)
+  return sorted(set(tokens))
+
+
+def _vocabulary(bags: Sequence[Sequence[Any]]) -> sp.csr_matrix:
+  vocab: dict[Any, int] = {}
+  rows, cols = [], []
+  for i, bag in enumerate(bags):
+    for token in set(bag):
+      rows.append(i)
+      cols.append(vocab.setdefault(token, len(vocab)))
+  return sp.csr_matrix((np.ones(len(rows), np.float64), (rows, cols)),
+                       shape=(len(bags), max(len(vocab), 1)))
+
+
+def tfidf_svd(bags: Sequence[Sequence[Any]], dim: int, seed: int = 0) -> np.ndarray:
+  """TF-IDF (binary tf, smoothed idf, L2 rows) of token bags, then a truncated SVD.
+
+  Returns ``float32[len(bags), dim']`` with ``dim' = min(dim, vocab - 1)``: the items'
+  coordinates ``U * S`` in the top singular directions.
+  """
+  x = _vocabulary(bags)
+  n, v = x.shape
+  df = np.asarray((x > 0).sum(axis=0)).ravel()
+  idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
+  x = x.multiply(idf[None, :]).tocsr()
+  norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+  x = sp.diags(1.0 / np.maximum(norms, 1e-12)) @ x
+  k = max(1, min(dim, min(n, v) - 1))
+  if min(n, v) <= 2000:
+    u, s, _ = np.linalg.svd(x.toarray(), full_matrices=False)
+    u, s = u[:, :k], s[:k]
+  else:
+    rng = np.random.default_rng(seed)
+    u, s, _ = spla.svds(x, k=k, v0=rng.standard_normal(min(n, v)))
+    order = np.argsort(-s)
+    u, s = u[:, order], s[order]
+  # Fix each direction's sign so results do not depend on the LAPACK build.
+  signs = np.sign(u[np.abs(u).argmax(axis=0), np.arange(u.shape[1])])
+  return (u * s * signs).astype(np.float32)
+
+
+def load_npy(path: str, num_items: int) -> np.ndarray:
+  if not path:
+    raise ValueError("sid.embedding='npy' needs sid.embedding_path")
+  try:
+    x = np.load(path)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"item embedding file not found: {path}") from None
+  return validate(x, num_items, path)
+
+
+def validate(x: np.ndarray, num_items: int, where: str) -> np.ndarray:
+  """Checks an item matrix: 2-D, one row per catalogue item, finite."""
+  if x.ndim != 2:
+    raise ValueError(f"{where}: item embeddings must be 2-D [num_items, d], got shape "
+                     f"{x.shape}")
+  if x.shape[0] != num_items:
+    raise ValueError(f"{where}: {x.shape[0]} rows but the catalogue has {num_items} "
+                     "items (row i must be item i + 1)")
+  bad = ~np.isfinite(x).all(axis=1)
+  if bad.any():
+    raise ValueError(f"{where}: {int(bad.sum())} rows hold NaN or infinite values "
+                     f"(first: item {int(np.flatnonzero(bad)[0]) + 1})")
+  return np.asarray(x, np.float32)
+
+
+def item_embeddings(sid_cfg, dataset) -> np.ndarray:
+  """The configured item vectors for ``dataset`` (a ``SequenceDataset``)."""
+  if sid_cfg.embedding == "attributes":
+    if dataset.item_attributes is None:
+      raise ValueError(f"dataset '{dataset.name}' has no item2attributes.json; use "
+                       "sid.embedding='text_tfidf' (item text) or 'npy'")
+    x = tfidf_svd(dataset.item_attributes, sid_cfg.embedding_dim, seed=sid_cfg.seed)
+  elif sid_cfg.embedding == "text_tfidf":
+    if dataset.item_text is None:
+      raise ValueError(f"dataset '{dataset.name}' has no item_text.json; use "
+                       "sid.embedding='attributes' or 'npy'")
+    bags = [text_tokens(r) for r in dataset.item_text]
+    x = tfidf_svd(bags, sid_cfg.embedding_dim, seed=sid_cfg.seed)
+  elif sid_cfg.embedding == "npy":
+    x = load_npy(sid_cfg.embedding_path, dataset.num_items)
+  else:
+    raise ValueError(f"unknown sid.embedding {sid_cfg.embedding!r}; choose one of "
+                     f"{SOURCES}")
+  return validate(x, dataset.num_items, f"sid.embedding={sid_cfg.embedding}")

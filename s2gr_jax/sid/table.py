@@ -1,0 +1,179 @@
+"""SidTable: every item's Semantic ID, the de-duplication level and the prefix index.
+
+Everything downstream of the tokenizer reads only this table. Items whose semantic codes
+collide get one more level that numbers them within their group (0, 1, 2, ..., as TIGER
+does), so every item has a unique SID; that level exists only when there are collisions.
+
+The prefix index is the trie of all SIDs stored as flat arrays (memory linear in the
+number of items, never in codes^levels): nodes of each depth sorted lexicographically,
+so a node's children are one contiguous range of the next depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+TABLE_FILE = "sid_table.npz"
+
+
+def dedup_level(codes: np.ndarray) -> np.ndarray:
+  """int32[num_items]: each item's rank among the items sharing all of its codes."""
+  order = np.lexsort(codes.T[::-1])
+  sorted_codes = codes[order]
+  new_group = np.ones(len(codes), bool)
+  new_group[1:] = (sorted_codes[1:] != sorted_codes[:-1]).any(1)
+  group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(codes)), 0))
+  rank = np.empty(len(codes), np.int32)
+  rank[order] = np.arange(len(codes)) - group_start
+  return rank
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixIndex:
+  """The SID trie as arrays; depth ``d`` nodes are the distinct prefixes of length d.
+
+  Attributes:
+    child_start: per depth ``d < L``, int32[nodes_d]: first child (a depth ``d+1`` node).
+    child_count: per depth ``d < L``, int32[nodes_d]: number of children.
+    node_code: per depth ``d < L``, int32[nodes_{d+1}]: the code that a depth ``d+1``
+      node appends to its parent's prefix.
+    leaf_item: int32[nodes_L]: the item id of each complete SID.
+    max_children: per depth, the largest number of children (static beam widths).
+  """
+
+  child_start: tuple[np.ndarray, ...]
+  child_count: tuple[np.ndarray, ...]
+  node_code: tuple[np.ndarray, ...]
+  leaf_item: np.ndarray
+  max_children: tuple[int, ...]
+
+  @property
+  def num_nodes(self) -> tuple[int, ...]:
+    return (1,) + tuple(len(c) for c in self.node_code)
+
+
+def build_prefix_index(codes: np.ndarray, item_ids: np.ndarray) -> PrefixIndex:
+  """Builds the trie arrays from unique SIDs ``codes[i]`` of items ``item_ids[i]``."""
+  n, levels = codes.shape
+  order = np.lexsort(codes.T[::-1])
+  sorted_codes = codes[order]
+  node_of_item = np.zeros(n, np.int64)  # depth-0 node (the root) of every item
+  starts, counts, node_codes, widths = [], [], [], []
+  for depth in range(1, levels + 1):
+    new = np.ones(n, bool)
+    new[1:] = (sorted_codes[1:, :depth] != sorted_codes[:-1, :depth]).any(1)
+    first = np.flatnonzero(new)
+    parents = node_of_item[first]  # non-decreasing because the rows are sorted
+    num_parents = int(node_of_item.max()) + 1
+    count = np.bincount(parents, minlength=num_parents)
+    starts.append(np.searchsorted(parents, np.arange(num_parents)).astype(np.int32))
+    counts.append(count.astype(np.int32))
+    node_codes.append(sorted_codes[first, depth - 1].astype(np.int32))
+    widths.append(int(count.max()))
+    node_of_item = np.cumsum(new) - 1
+  if len(np.unique(node_of_item)) != n:
+    raise ValueError("SIDs are not unique; add the de-duplication level first")
+  leaf_item = np.empty(n, np.int32)
+  leaf_item[node_of_item] = item_ids[order]
+  return PrefixIndex(tuple(starts), tuple(counts), tuple(node_codes), leaf_item,
+                     tuple(widths))
+
+
+@dataclasses.dataclass(frozen=True)
+class SidTable:
+  """Semantic IDs of the catalogue.
+
+  Attributes:
+    codes: int32[num_items, levels]; row ``i`` is item ``i + 1``. Includes the
+      de-duplication level when there is one.
+    codebook_sizes: codes per level (the de-dup level's size is its largest group).
+    semantic_levels: levels that come from the quantizer (the rest is de-dup).
+    ordered: False for parallel, unordered codebooks (REG4Rec).
+  """
+
+  codes: np.ndarray
+  codebook_sizes: tuple[int, ...]
+  semantic_levels: int
+  ordered: bool = True
+
+  @classmethod
+  def from_semantic_codes(cls, codes: np.ndarray, codebook_sizes: tuple[int, ...],
+                          ordered: bool = True) -> "SidTable":
+    codes = np.asarray(codes, np.int32)
+    if codes.ndim != 2 or codes.shape[1] != len(codebook_sizes):
+      raise ValueError(f"codes shape {codes.shape} does not match "
+                       f"{len(codebook_sizes)} codebooks")
+    if (codes < 0).any() or (codes >= np.asarray(codebook_sizes)[None]).any():
+      raise ValueError("codes out of range of their codebooks")
+    rank = dedup_level(codes)
+    sizes = tuple(int(s) for s in codebook_sizes)
+    if rank.max() > 0:
+      codes = np.concatenate([codes, rank[:, None]], axis=1)
+      sizes = sizes + (int(rank.max()) + 1,)
+    return cls(codes=codes, codebook_sizes=sizes,
+               semantic_levels=len(codebook_sizes), ordered=ordered)
+
+  @property
+  def num_items(self) -> int:
+    return self.codes.shape[0]
+
+  @property
+  def num_levels(self) -> int:
+    return self.codes.shape[1]
+
+  @property
+  def item_ids(self) -> np.ndarray:
+    return np.arange(1, self.num_items + 1, dtype=np.int32)
+
+  def lookup(self) -> np.ndarray:
+    """int32[num_items + 1, levels] indexed by item id; row 0 (padding) is zeros."""
+    return np.concatenate([np.zeros((1, self.num_levels), np.int32), self.codes])
+
+  def prefix_index(self) -> PrefixIndex:
+    return build_prefix_index(self.codes, self.item_ids)
+
+  def save(self, folder: str) -> None:
+    os.makedirs(folder, exist_ok=True)
+    np.savez(os.path.join(folder, TABLE_FILE), codes=self.codes,
+             item_ids=self.item_ids, codebook_sizes=np.asarray(self.codebook_sizes),
+             semantic_levels=self.semantic_levels, ordered=self.ordered)
+
+  @classmethod
+  def load(cls, folder: str) -> "SidTable":
+    with np.load(os.path.join(folder, TABLE_FILE)) as f:
+      return cls(codes=f["codes"], codebook_sizes=tuple(int(s) for s in f["codebook_sizes"]),
+                 semantic_levels=int(f["semantic_levels"]), ordered=bool(f["ordered"]))
+
+
+def codebook_stats(table: SidTable) -> dict:
+  """Per-level utilisation and perplexity, collisions before de-dup, unique-SID share."""
+  sem = table.codes[:, :table.semantic_levels]
+  utilization, perplexity = [], []
+  for level in range(table.semantic_levels):
+    counts = np.bincount(sem[:, level], minlength=table.codebook_sizes[level])
+    p = counts[counts > 0] / counts.sum()
+    utilization.append(float((counts > 0).mean()))
+    perplexity.append(float(np.exp(-(p * np.log(p)).sum())))
+  _, inverse, group_sizes = np.unique(sem, axis=0, return_inverse=True,
+                                      return_counts=True)
+  colliding = group_sizes[inverse.ravel()] > 1
+  return {
+      "num_items": table.num_items,
+      "semantic_levels": table.semantic_levels,
+      "codebook_sizes": list(table.codebook_sizes),
+      "utilization": utilization,
+      "perplexity": perplexity,
+      "collision_rate": float(colliding.mean()),
+      "unique_sid_share": float(len(group_sizes) / table.num_items),
+      "max_collision_group": int(group_sizes.max()),
+  }
+
+
+def save_stats(stats: dict, folder: str) -> None:
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "codebook_stats.json"), "w") as f:
+    json.dump(stats, f, indent=2)

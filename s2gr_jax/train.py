@@ -1,0 +1,267 @@
+"""Training and evaluation of a generator: state, jitted steps, the loop.
+
+Read top to bottom: optimizer → shape-first state → train step → eval step → the loop
+(progress, validation, early stopping, checkpoints, resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import logging
+from flax import nnx
+import jax
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from s2gr_jax import checkpoints as ckpt_lib
+from s2gr_jax import decoding
+from s2gr_jax import metrics as metrics_lib
+from s2gr_jax import parallel
+
+log = logging.getLogger(__name__)
+
+
+# --- optimizer ------------------------------------------------------------------------
+
+def make_schedule(tcfg) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=tcfg.lr, warmup_steps=tcfg.warmup_steps,
+      decay_steps=tcfg.num_steps, end_value=tcfg.lr * tcfg.end_lr_ratio)
+
+
+def make_optimizer(tcfg) -> optax.GradientTransformation:
+  """AdamW with warm-up and cosine decay; no weight decay on norms (1-D parameters)."""
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  return optax.chain(
+      optax.clip_by_global_norm(tcfg.grad_clip),
+      optax.adamw(make_schedule(tcfg), b1=tcfg.b1, b2=tcfg.b2,
+                  weight_decay=tcfg.weight_decay, mask=decay_mask))
+
+
+# --- state, built shape-first -----------------------------------------------------------
+
+def create_state(make_model: Callable[[nnx.Rngs], nnx.Module],
+                 tx: optax.GradientTransformation, seed: int, mesh):
+  """Graph definitions and the state of (model, optimizer), created on the mesh.
+
+  ``nnx.eval_shape`` gives the structure without allocating; one jitted init then
+  materialises every array with its target sharding (replicated for now).
+
+  Returns:
+    graphdef of (model, optimizer), graphdef of the model alone, and the state;
+    ``state[0]`` is the model's part (what evaluation and the best checkpoint use).
+  """
+  def init():
+    model = make_model(nnx.Rngs(params=jax.random.key(seed)))
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  abstract_model, abstract_opt = nnx.eval_shape(init)
+  graphdef, abstract = nnx.split((abstract_model, abstract_opt))
+  model_graphdef = nnx.split(abstract_model)[0]
+  shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
+  state = jax.jit(lambda: nnx.split(init())[1], out_shardings=shardings)()
+  return graphdef, model_graphdef, state
+
+
+def param_count(state) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(state[0])))
+
+
+# --- steps ------------------------------------------------------------------------------
+
+def make_train_step(graphdef, schedule):
+  """Pure train step: (state, batch, base_key) → (state, metrics); state is donated."""
+
+  def train_step(state, batch, base_key):
+    model, opt = nnx.merge(graphdef, state)
+    step = opt.step[...]
+    key = jax.random.fold_in(base_key, step)
+    (_, metrics), grads = nnx.value_and_grad(
+        lambda m: m.loss(batch, nnx.Rngs(dropout=key)), has_aux=True)(model)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["lr"] = schedule(step)
+    opt.update(model, grads)
+    metrics["param_norm"] = optax.global_norm(nnx.state(model, nnx.Param))
+    return nnx.split((model, opt))[1], metrics
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(model_graphdef, mesh, *, beam: int, max_children: tuple[int, ...],
+                   ks):
+  """Beam search + metric sums for one batch: (model_state, batch, trie) → sums.
+
+  Decoding is independent per user, so each device searches its own slice of the batch
+  (``shard_map`` over ``data``) and only the metric sums are added across devices.
+  """
+
+  def local_step(model_state, batch, trie):
+    model = nnx.merge(model_graphdef, model_state)
+    items, _ = decoding.beam_search(model, batch, trie, beam=beam,
+                                    max_children=max_children)
+    sums = metrics_lib.rank_metric_sums(items, batch["target_item"], batch["weight"], ks)
+    return jax.tree.map(lambda x: jax.lax.psum(x, "data"), sums)
+
+  return jax.jit(jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P("data"), P()),
+                               out_specs=P()))
+
+
+def evaluate(eval_step, model_state, batches, trie, mesh) -> dict[str, float]:
+  """Metrics over evaluation batches.
+
+  One batch is in flight while the previous one's sums come back: the device never
+  waits for the host, and the queue of dispatched work stays short.
+  """
+  total, pending = None, None
+  for batch in batches:
+    out = eval_step(model_state, parallel.shard_batch(batch, mesh), trie)
+    if pending is not None:
+      total = metrics_lib.add(total, jax.device_get(pending))
+    pending = out
+  total = metrics_lib.add(total, jax.device_get(pending))
+  return metrics_lib.finalize(total)
+
+
+# --- the loop ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LoopResult:
+  state: Any
+  step: int
+  best_step: int
+  best_metric: float
+  stopped_early: bool
+  finished: bool
+  wall_s: float
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def train_loop(config, *, graphdef, state, mesh, train_ds,
+               validate: Callable[[Any], dict[str, float]],
+               ckpts: ckpt_lib.Checkpoints, writer, examples_per_step: int) -> LoopResult:
+  """Runs (or resumes) training to ``train.num_steps`` with validation and early stop.
+
+  ``validate(model_state)`` returns validation metrics; the best model state by
+  ``eval.select_metric`` goes to the best checkpoint.
+  """
+  tcfg = config.train
+  select = config.eval.select_metric
+  train_step = make_train_step(graphdef, make_schedule(tcfg))
+  base_key = jax.random.key(config.seed)
+  data_iter = iter(train_ds)
+
+  meta = {"step": 0, "best_metric": -1.0, "best_step": -1, "evals_since_best": 0,
+          "stopped_early": False, "train_wall_s": 0.0}
+  if ckpts.latest_step() is not None:
+    state, meta = ckpts.restore_last(state, data_iter)
+    log.info("Resumed from checkpoint at step %d (best val %s %.4f at step %d)",
+                 meta["step"], select, meta["best_metric"], meta["best_step"])
+    writer.truncate_after(meta["step"])
+  step = int(meta["step"])
+  done = lambda: step >= tcfg.num_steps or meta["stopped_early"]
+  stop_at = tcfg.stop_at_step if tcfg.stop_at_step >= 0 else None
+
+  def save_last():
+    ckpts.save_last(step, state, data_iter, dict(meta, step=step))
+
+  seen_shapes: set[tuple[int, ...]] = set()
+  window: list[dict] = []
+  window_start, run_start = time.time(), time.time()
+  wall_at_start = float(meta["train_wall_s"])
+  pending = None  # (step, metrics) of the previous step: checked one step late
+  while not done():
+    if stop_at is not None and step >= stop_at:
+      log.info("Stopping at step %d (train.stop_at_step); rerun to continue.", step)
+      break
+    batch = parallel.shard_batch(next(data_iter), mesh)
+    shape = tuple(batch["history_codes"].shape)
+    if shape not in seen_shapes:
+      seen_shapes.add(shape)
+      log.info("Compiling the train step for batch shape %s ...", shape)
+      t0 = time.time()
+      state, step_metrics = train_step(state, batch, base_key)
+      jax.block_until_ready(step_metrics)
+      log.info("  compiled and ran in %.1f s", time.time() - t0)
+      window_start += time.time() - t0  # keep compile time out of the throughput
+    else:
+      state, step_metrics = train_step(state, batch, base_key)
+    step += 1
+    if pending is not None:
+      _check_finite(*pending, ckpts)
+    pending = (step, step_metrics)
+    window.append(step_metrics)
+
+    if step % tcfg.log_every == 0 or step == tcfg.num_steps:
+      _check_finite(*pending, ckpts)
+      means = {f"train/{k}": float(np.mean([float(m[k]) for m in window]))
+               for k in window[0]}
+      elapsed = max(time.time() - window_start, 1e-9)
+      rate = len(window) / elapsed
+      means["perf/steps_per_s"] = rate
+      means["perf/examples_per_s"] = rate * examples_per_step
+      writer.write(step, means)
+      log.info("step %d/%d | loss %.4f | %.2f steps/s | %.0f ex/s | ETA %s",
+                   step, tcfg.num_steps, means["train/loss"], rate,
+                   rate * examples_per_step, _format_eta((tcfg.num_steps - step) / rate))
+      window, window_start = [], time.time()
+
+    if step % tcfg.eval_every == 0 or step == tcfg.num_steps:
+      t0 = time.time()
+      val = validate(state[0])
+      eval_s = time.time() - t0
+      writer.write(step, {**{f"val/{k}": v for k, v in val.items()},
+                          "perf/val_s": eval_s})
+      improved = val[select] > meta["best_metric"]
+      if improved:
+        meta.update(best_metric=val[select], best_step=step, evals_since_best=0)
+        ckpts.save_best(step, state[0], {"step": step, "val": val})
+      else:
+        meta["evals_since_best"] += 1
+        if 0 < tcfg.patience <= meta["evals_since_best"]:
+          meta["stopped_early"] = True
+      log.info("val @ %d: %s | best %s %.4f @ %d%s | %.1f s", step,
+                   " ".join(f"{k} {v:.4f}" for k, v in val.items() if "@10" in k),
+                   select, meta["best_metric"], meta["best_step"],
+                   " (early stop)" if meta["stopped_early"] else "", eval_s)
+      window_start += time.time() - t0
+
+    meta["train_wall_s"] = wall_at_start + time.time() - run_start
+    if step % tcfg.checkpoint_every == 0 or done() or step == stop_at:
+      save_last()
+
+  if pending is not None:
+    _check_finite(*pending, ckpts)
+  meta["train_wall_s"] = wall_at_start + time.time() - run_start
+  if ckpts.latest_step() != step:
+    save_last()
+  ckpts.wait()
+  writer.flush()
+  return LoopResult(state=state, step=step, best_step=int(meta["best_step"]),
+                    best_metric=float(meta["best_metric"]),
+                    stopped_early=bool(meta["stopped_early"]), finished=done(),
+                    wall_s=float(meta["train_wall_s"]))
+
+
+def _check_finite(step: int, step_metrics: dict, ckpts: ckpt_lib.Checkpoints) -> None:
+  loss = float(step_metrics["loss"])
+  grad_norm = float(step_metrics["grad_norm"])
+  if np.isfinite(loss) and np.isfinite(grad_norm):
+    return
+  parts = ", ".join(f"{k}={float(v):.4g}" for k, v in step_metrics.items())
+  last = ckpts.latest_step()
+  raise NonFiniteLossError(
+      f"non-finite training loss at step {step} ({parts}). Nothing after the last "
+      f"checkpoint (step {last}) was saved, so the workdir is intact; lower train.lr, "
+      "raise train.warmup_steps or check the input data, then rerun.")

@@ -1,0 +1,34 @@
+"""Test set-up: 8 simulated CPU devices, the shared data folder, caches in /tmp.
+
+Everything here must happen before JAX initialises, hence environment variables at
+import time. Subprocess runs of the entry point inherit them.
+"""
+
+import os
+import pathlib
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("S2GR_DATA_DIR", str((ROOT / ".." / "shared" / "data").resolve()))
+_CACHE = pathlib.Path(tempfile.gettempdir()) / "s2gr_jax_test_cache"
+os.environ.setdefault("S2GR_TFDS_DIR", str(_CACHE / "tfds"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+flags.FLAGS.mark_as_parsed()  # Grain reads absl flags.
+
+DATA_DIR = pathlib.Path(os.environ["S2GR_DATA_DIR"])
+
+
+@pytest.fixture(scope="session")
+def beauty_dir() -> pathlib.Path:
+  path = DATA_DIR / "beauty"
+  if not (path / "sequences.txt").exists():
+    pytest.fail(f"Amazon Beauty not found at {path}; set S2GR_DATA_DIR")
+  return path
