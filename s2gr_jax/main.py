@@ -38,12 +38,20 @@ def setup_logging() -> None:
   logger.propagate = False
 
 
+def enable_compilation_cache() -> None:
+  """Reuse compiled steps across runs (``$JAX_COMPILATION_CACHE_DIR`` wins if set)."""
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.path.join(
+        os.path.expanduser("~"), ".cache", "s2gr_jax", "jax_compilation_cache"))
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _MULTIPROCESS.value:
     jax.distributed.initialize()
   jax.config.update("jax_threefry_partitionable", True)
+  enable_compilation_cache()
   setup_logging()
   from s2gr_jax import run  # pylint: disable=g-import-not-at-top
   run.run(_CONFIG.value, os.path.expanduser(_WORKDIR.value))

@@ -30,11 +30,12 @@ class MetricWriter:
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
   def truncate_after(self, step: int) -> None:
-    """Drops lines logged after ``step`` (a resumed run logs those steps again)."""
+    """Drops what a resumed run logs again: lines after ``step`` and final results."""
     if not self.enabled or not os.path.exists(self.path):
       return
+    keep = lambda r: r["step"] <= step and not any(k.startswith("final/") for k in r)
     with open(self.path) as f:
-      lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+      lines = [line for line in f if line.strip() and keep(json.loads(line))]
     with open(self.path, "w") as f:
       f.writelines(lines)
 

@@ -9,50 +9,50 @@ instead of being trusted as an opaque download.
 Raw inputs (one category each):
 
 * ``reviews_{Category}_5.json.gz`` -- gzip, one JSON object per line with
-  ``reviewerID``, ``asin``, ``overall``, ``unixReviewTime`` (int seconds,
-  day resolution).
+ ``reviewerID``, ``asin``, ``overall``, ``unixReviewTime`` (int seconds,
+ day resolution).
 * ``meta_{Category}.json.gz`` -- gzip, one *Python dict literal* per line
-  (single quotes), parsed with :func:`ast.literal_eval` and, failing that,
-  :func:`json.loads`.  Keys used: ``asin``, ``title``, ``brand``,
-  ``categories`` (a list of category paths, each a list of strings).
+ (single quotes), parsed with :func:`ast.literal_eval` and, failing that,
+ :func:`json.loads`.  Keys used: ``asin``, ``title``, ``brand``,
+ ``categories`` (a list of category paths, each a list of strings).
 
 Preprocessing rules, in the order they are applied:
 
 1. Every review is kept whatever its rating (the benchmarks treat a review
-   as an implicit interaction).  Reviews are grouped by user in file order
-   and each user's reviews are sorted by ``unixReviewTime`` with a *stable*
-   sort: times only have day resolution, so same-day reviews keep the order
-   in which they appear in the raw file (this is what Python's ``sorted``
-   did in the original script, and it decides the order of many pairs).
+  as an implicit interaction).  Reviews are grouped by user in file order
+  and each user's reviews are sorted by ``unixReviewTime`` with a *stable*
+  sort: times only have day resolution, so same-day reviews keep the order
+  in which they appear in the raw file (this is what Python's ``sorted``
+  did in the original script, and it decides the order of many pairs).
 2. k-core filter (``core``, 5 by default): users with fewer than ``core``
-   interactions and items with fewer than ``core`` interactions are removed,
-   repeatedly, until nothing changes.  The k-core is unique, so the removal
-   order does not matter.  Dropped users / items / interactions are counted
-   in ``stats`` so the caller can log them.
+  interactions and items with fewer than ``core`` interactions are removed,
+  repeatedly, until nothing changes.  The k-core is unique, so the removal
+  order does not matter.  Dropped users / items / interactions are counted
+  in ``stats`` so the caller can log them.
 3. Repeated (user, item) pairs: only the first occurrence in the user's
-   time-sorted sequence is kept; the rest are counted as
-   ``duplicates_removed``.  Because this runs after the k-core filter (as in
-   the original pipeline, where duplicates counted towards the core), a user
-   may end up with fewer than ``core`` distinct items; it is rare in the
-   real 5-core files and is visible through the counts.
+  time-sorted sequence is kept; the rest are counted as
+  ``duplicates_removed``.  Because this runs after the k-core filter (as in
+  the original pipeline, where duplicates counted towards the core), a user
+  may end up with fewer than ``core`` distinct items; it is rare in the
+  real 5-core files and is visible through the counts.
 4. Ids: users are numbered ``1..U`` in the order of their first appearance
-   in the reviews file; items ``1..I`` in the order they are first met while
-   reading the users' time-sorted sequences in user-id order.  Id 0 is left
-   free for padding.
+  in the reviews file; items ``1..I`` in the order they are first met while
+  reading the users' time-sorted sequences in user-id order.  Id 0 is left
+  free for padding.
 5. Attributes (S3-Rec style): walking the metadata file in file order and
-   looking only at kept items, an item's attributes are its ``brand`` (when
-   present, non-empty and not ``"Unknown"``) followed by every category name
-   of every ``categories`` path except the top-level one (``path[0]``, which
-   is the dataset's own category and carries no information).  Brands and
-   category names share one vocabulary; attribute ids ``1..A`` are given in
-   order of first appearance during that walk, and an item lists each of its
-   attributes once.  Kept items without metadata get no attributes and are
-   counted as ``items_without_metadata``.
+  looking only at kept items, an item's attributes are its ``brand`` (when
+  present, non-empty and not ``"Unknown"``) followed by every category name
+  of every ``categories`` path except the top-level one (``path[0]``, which
+  is the dataset's own category and carries no information).  Brands and
+  category names share one vocabulary; attribute ids ``1..A`` are given in
+  order of first appearance during that walk, and an item lists each of its
+  attributes once.  Kept items without metadata get no attributes and are
+  counted as ``items_without_metadata``.
 6. Item text: ``{"asin", "title", "brand", "categories"}`` per item.  The
-   title is HTML-unescaped (the raw titles contain ``&amp;`` and friends)
-   with runs of whitespace collapsed, and is ``None`` when missing or empty;
-   ``brand`` is present only when known (same rule as in 5); ``categories``
-   is the list of paths as given.
+  title is HTML-unescaped (the raw titles contain ``&amp;`` and friends)
+  with runs of whitespace collapsed, and is ``None`` when missing or empty;
+  ``brand`` is present only when known (same rule as in 5); ``categories``
+  is the list of paths as given.
 
 Output files written by :func:`write_prepared` into ``out_dir``:
 
@@ -82,9 +82,9 @@ Review = tuple[str, str, int]  # (reviewer_id, asin, unix_time)
 
 RAW_BASE_URL = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
 RAW_CATEGORIES: dict[str, str] = {
-    "beauty": "Beauty",
-    "sports": "Sports_and_Outdoors",
-    "toys": "Toys_and_Games",
+  "beauty": "Beauty",
+  "sports": "Sports_and_Outdoors",
+  "toys": "Toys_and_Games",
 }
 
 _REVIEW_KEYS = ("reviewerID", "asin", "unixReviewTime")
@@ -95,16 +95,16 @@ _LEADING_ASIN = re.compile(r"""^\s*\{\s*['"]asin['"]\s*:\s*['"]([^'"\\]*)['"]"""
 
 
 def raw_urls(name: str) -> dict[str, str]:
-    """Public download URLs of the raw reviews and metadata for a dataset name."""
-    try:
-        category = RAW_CATEGORIES[name]
-    except KeyError:
-        known = ", ".join(sorted(RAW_CATEGORIES))
-        raise KeyError(f"unknown Amazon dataset {name!r}; known names: {known}") from None
-    return {
-        "reviews": f"{RAW_BASE_URL}/reviews_{category}_5.json.gz",
-        "meta": f"{RAW_BASE_URL}/meta_{category}.json.gz",
-    }
+  """Public download URLs of the raw reviews and metadata for a dataset name."""
+  try:
+    category = RAW_CATEGORIES[name]
+  except KeyError:
+    known = ", ".join(sorted(RAW_CATEGORIES))
+    raise KeyError(f"unknown Amazon dataset {name!r}; known names: {known}") from None
+  return {
+    "reviews": f"{RAW_BASE_URL}/reviews_{category}_5.json.gz",
+    "meta": f"{RAW_BASE_URL}/meta_{category}.json.gz",
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -113,90 +113,90 @@ def raw_urls(name: str) -> dict[str, str]:
 
 
 def _numbered_lines(path: PathLike) -> Iterator[tuple[int, str]]:
-    """Yields (1-based line number, line) of a gzip or plain UTF-8 text file.
+  """Yields (1-based line number, line) of a gzip or plain UTF-8 text file.
 
-    Gzip is detected from the magic bytes, not the suffix, so decompressed
-    copies work too.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"raw Amazon file not found: {path}")
-    with open(path, "rb") as probe:
-        is_gzip = probe.read(2) == b"\x1f\x8b"
-    opener = gzip.open if is_gzip else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                yield lineno, line
+  Gzip is detected from the magic bytes, not the suffix, so decompressed
+  copies work too.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"raw Amazon file not found: {path}")
+  with open(path, "rb") as probe:
+    is_gzip = probe.read(2) == b"\x1f\x8b"
+  opener = gzip.open if is_gzip else open
+  with opener(path, "rt", encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      if line.strip():
+        yield lineno, line
 
 
 def _parse_review(line: str, path: PathLike, lineno: int) -> Review:
-    """One reviews line -> (reviewer_id, asin, time); ValueError says where and why."""
-    where = f"{path}, line {lineno}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: bad JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    missing = [k for k in _REVIEW_KEYS if k not in obj]
-    if missing:
-        raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
-    reviewer, asin, when = obj["reviewerID"], obj["asin"], obj["unixReviewTime"]
-    for key, value in (("reviewerID", reviewer), ("asin", asin)):
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"{where}: {key} must be a non-empty string, got {value!r}")
-    if isinstance(when, bool) or not isinstance(when, int):
-        raise ValueError(f"{where}: unixReviewTime must be an integer, got {when!r}")
-    return reviewer, asin, when
+  """One reviews line -> (reviewer_id, asin, time); ValueError says where and why."""
+  where = f"{path}, line {lineno}"
+  try:
+    obj = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{where}: bad JSON ({e.msg} at column {e.colno})") from None
+  if not isinstance(obj, dict):
+    raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+  missing = [k for k in _REVIEW_KEYS if k not in obj]
+  if missing:
+    raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
+  reviewer, asin, when = obj["reviewerID"], obj["asin"], obj["unixReviewTime"]
+  for key, value in (("reviewerID", reviewer), ("asin", asin)):
+    if not isinstance(value, str) or not value:
+      raise ValueError(f"{where}: {key} must be a non-empty string, got {value!r}")
+  if isinstance(when, bool) or not isinstance(when, int):
+    raise ValueError(f"{where}: unixReviewTime must be an integer, got {when!r}")
+  return reviewer, asin, when
 
 
 def read_reviews(path: PathLike) -> list[Review]:
-    """All reviews of a raw reviews file as (reviewer_id, asin, unix_time), in file order."""
-    return [_parse_review(line, path, lineno) for lineno, line in _numbered_lines(path)]
+  """All reviews of a raw reviews file as (reviewer_id, asin, unix_time), in file order."""
+  return [_parse_review(line, path, lineno) for lineno, line in _numbered_lines(path)]
 
 
 def _parse_meta(line: str, path: PathLike, lineno: int) -> dict[str, Any]:
-    """One metadata line (Python literal, or JSON as a fallback) -> dict with an asin."""
-    where = f"{path}, line {lineno}"
+  """One metadata line (Python literal, or JSON as a fallback) -> dict with an asin."""
+  where = f"{path}, line {lineno}"
+  try:
+    record = ast.literal_eval(line.strip())
+  except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
     try:
-        record = ast.literal_eval(line.strip())
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(
-                f"{where}: metadata line is neither a Python dict literal nor JSON"
-            ) from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: metadata record is a {type(record).__name__}, not a dict")
-    if not isinstance(record.get("asin"), str) or not record["asin"]:
-        raise ValueError(f"{where}: metadata record has no 'asin' string")
-    return record
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      raise ValueError(
+        f"{where}: metadata line is neither a Python dict literal nor JSON"
+      ) from None
+  if not isinstance(record, dict):
+    raise ValueError(f"{where}: metadata record is a {type(record).__name__}, not a dict")
+  if not isinstance(record.get("asin"), str) or not record["asin"]:
+    raise ValueError(f"{where}: metadata record has no 'asin' string")
+  return record
 
 
 def read_metadata(
-    path: PathLike, keep_asins: Iterable[str] | None = None
+  path: PathLike, keep_asins: Iterable[str] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """asin -> metadata record, insertion order = file order.
+  """asin -> metadata record, insertion order = file order.
 
-    With ``keep_asins`` only those items are returned, and lines whose leading
-    asin is visibly outside the set are skipped unparsed (the metadata files
-    cover the whole category, mostly items that never reach the 5-core), so
-    such lines are not validated.  The first record of a repeated asin wins.
-    """
-    keep = None if keep_asins is None else set(keep_asins)
-    records: dict[str, dict[str, Any]] = {}
-    for lineno, line in _numbered_lines(path):
-        if keep is not None:
-            leading = _LEADING_ASIN.match(line)
-            if leading and leading.group(1) not in keep:
-                continue
-        record = _parse_meta(line, path, lineno)
-        asin = record["asin"]
-        if (keep is None or asin in keep) and asin not in records:
-            records[asin] = record
-    return records
+  With ``keep_asins`` only those items are returned, and lines whose leading
+  asin is visibly outside the set are skipped unparsed (the metadata files
+  cover the whole category, mostly items that never reach the 5-core), so
+  such lines are not validated.  The first record of a repeated asin wins.
+  """
+  keep = None if keep_asins is None else set(keep_asins)
+  records: dict[str, dict[str, Any]] = {}
+  for lineno, line in _numbered_lines(path):
+    if keep is not None:
+      leading = _LEADING_ASIN.match(line)
+      if leading and leading.group(1) not in keep:
+        continue
+    record = _parse_meta(line, path, lineno)
+    asin = record["asin"]
+    if (keep is None or asin in keep) and asin not in records:
+      records[asin] = record
+  return records
 
 
 # ----------------------------------------------------------------------------
@@ -206,176 +206,176 @@ def read_metadata(
 
 @dataclasses.dataclass
 class PreparedData:
-    """A preprocessed dataset; list index ``k`` holds user / item id ``k + 1``."""
+  """A preprocessed dataset; list index ``k`` holds user / item id ``k + 1``."""
 
-    sequences: list[list[int]]  # item ids per user, time order
-    user_reviewers: list[str]
-    item_asins: list[str]
-    item_attributes: list[list[int]]
-    item_text: list[dict[str, Any]]
-    stats: dict[str, int]
+  sequences: list[list[int]]  # item ids per user, time order
+  user_reviewers: list[str]
+  item_asins: list[str]
+  item_attributes: list[list[int]]
+  item_text: list[dict[str, Any]]
+  stats: dict[str, int]
 
-    @property
-    def num_users(self) -> int:
-        return len(self.sequences)
+  @property
+  def num_users(self) -> int:
+    return len(self.sequences)
 
-    @property
-    def num_items(self) -> int:
-        return len(self.item_asins)
+  @property
+  def num_items(self) -> int:
+    return len(self.item_asins)
 
 
 UserSeqs = dict[str, list[tuple[str, int]]]  # reviewer -> [(asin, time)], time order
 
 
 def _group_by_user(reviews: Iterable[Review]) -> UserSeqs:
-    """Per-user (asin, time) lists, users in first-appearance order, stably time-sorted."""
-    seqs: UserSeqs = {}
-    for reviewer, asin, when in reviews:
-        seqs.setdefault(reviewer, []).append((asin, when))
-    for seq in seqs.values():
-        seq.sort(key=lambda pair: pair[1])  # list.sort is stable: same-day keeps file order
-    return seqs
+  """Per-user (asin, time) lists, users in first-appearance order, stably time-sorted."""
+  seqs: UserSeqs = {}
+  for reviewer, asin, when in reviews:
+    seqs.setdefault(reviewer, []).append((asin, when))
+  for seq in seqs.values():
+    seq.sort(key=lambda pair: pair[1])  # list.sort is stable: same-day keeps file order
+  return seqs
 
 
 def _kcore(seqs: UserSeqs, core: int) -> UserSeqs:
-    """Drops users and items with < ``core`` interactions until none is left to drop."""
-    while True:
-        item_counts = collections.Counter(asin for seq in seqs.values() for asin, _ in seq)
-        bad_items = {asin for asin, n in item_counts.items() if n < core}
-        bad_users = {user for user, seq in seqs.items() if len(seq) < core}
-        if not bad_items and not bad_users:
-            return seqs
-        seqs = {
-            user: [pair for pair in seq if pair[0] not in bad_items]
-            for user, seq in seqs.items()
-            if user not in bad_users
-        }
+  """Drops users and items with < ``core`` interactions until none is left to drop."""
+  while True:
+    item_counts = collections.Counter(asin for seq in seqs.values() for asin, _ in seq)
+    bad_items = {asin for asin, n in item_counts.items() if n < core}
+    bad_users = {user for user, seq in seqs.items() if len(seq) < core}
+    if not bad_items and not bad_users:
+      return seqs
+    seqs = {
+      user: [pair for pair in seq if pair[0] not in bad_items]
+      for user, seq in seqs.items()
+      if user not in bad_users
+    }
 
 
 def _drop_repeats(seqs: UserSeqs) -> tuple[UserSeqs, int]:
-    """Keeps each (user, item) pair's first occurrence; returns the count removed."""
-    out: UserSeqs = {}
-    removed = 0
-    for user, seq in seqs.items():
-        seen: set[str] = set()
-        kept = []
-        for asin, when in seq:
-            if asin in seen:
-                removed += 1
-                continue
-            seen.add(asin)
-            kept.append((asin, when))
-        out[user] = kept
-    return out, removed
+  """Keeps each (user, item) pair's first occurrence; returns the count removed."""
+  out: UserSeqs = {}
+  removed = 0
+  for user, seq in seqs.items():
+    seen: set[str] = set()
+    kept = []
+    for asin, when in seq:
+      if asin in seen:
+        removed += 1
+        continue
+      seen.add(asin)
+      kept.append((asin, when))
+    out[user] = kept
+  return out, removed
 
 
 def _item_ids(seqs: UserSeqs) -> dict[str, int]:
-    """asin -> id 1..I by first appearance across the sequences read in user order."""
-    ids: dict[str, int] = {}
-    for seq in seqs.values():
-        for asin, _ in seq:
-            ids.setdefault(asin, len(ids) + 1)
-    return ids
+  """asin -> id 1..I by first appearance across the sequences read in user order."""
+  ids: dict[str, int] = {}
+  for seq in seqs.values():
+    for asin, _ in seq:
+      ids.setdefault(asin, len(ids) + 1)
+  return ids
 
 
 def _known_brand(record: Mapping[str, Any] | None) -> str | None:
-    """The record's brand, or None when missing, empty or the placeholder 'Unknown'."""
-    brand = (record or {}).get("brand")
-    if not isinstance(brand, str):
-        return None
-    brand = brand.strip()
-    return brand if brand and brand != _UNKNOWN_BRAND else None
+  """The record's brand, or None when missing, empty or the placeholder 'Unknown'."""
+  brand = (record or {}).get("brand")
+  if not isinstance(brand, str):
+    return None
+  brand = brand.strip()
+  return brand if brand and brand != _UNKNOWN_BRAND else None
 
 
 def _category_paths(record: Mapping[str, Any] | None) -> list[list[str]]:
-    """The record's category paths as lists of strings (malformed entries ignored)."""
-    paths = (record or {}).get("categories") or []
-    return [[str(c) for c in path] for path in paths if isinstance(path, (list, tuple))]
+  """The record's category paths as lists of strings (malformed entries ignored)."""
+  paths = (record or {}).get("categories") or []
+  return [[str(c) for c in path] for path in paths if isinstance(path, (list, tuple))]
 
 
 def _attribute_names(record: Mapping[str, Any]) -> list[str]:
-    """Brand then non-top-level category names, each once, in order of appearance."""
-    names = [] if _known_brand(record) is None else [_known_brand(record)]
-    names += [name for path in _category_paths(record) for name in path[1:]]
-    return list(dict.fromkeys(names))
+  """Brand then non-top-level category names, each once, in order of appearance."""
+  names = [] if _known_brand(record) is None else [_known_brand(record)]
+  names += [name for path in _category_paths(record) for name in path[1:]]
+  return list(dict.fromkeys(names))
 
 
 def _attributes(
-    item_ids: Mapping[str, int], metadata: Mapping[str, Mapping[str, Any]]
+  item_ids: Mapping[str, int], metadata: Mapping[str, Mapping[str, Any]]
 ) -> tuple[list[list[int]], int]:
-    """Per-item attribute ids (ids given in metadata-file order) and the vocabulary size."""
-    per_item: list[list[int]] = [[] for _ in item_ids]
-    vocab: dict[str, int] = {}
-    for asin, record in metadata.items():
-        item = item_ids.get(asin)
-        if item is None:
-            continue
-        per_item[item - 1] = [
-            vocab.setdefault(name, len(vocab) + 1) for name in _attribute_names(record)
-        ]
-    return per_item, len(vocab)
+  """Per-item attribute ids (ids given in metadata-file order) and the vocabulary size."""
+  per_item: list[list[int]] = [[] for _ in item_ids]
+  vocab: dict[str, int] = {}
+  for asin, record in metadata.items():
+    item = item_ids.get(asin)
+    if item is None:
+      continue
+    per_item[item - 1] = [
+      vocab.setdefault(name, len(vocab) + 1) for name in _attribute_names(record)
+    ]
+  return per_item, len(vocab)
 
 
 def _clean_title(title: Any) -> str | None:
-    """HTML-unescaped title with collapsed whitespace; None when missing or blank."""
-    if not isinstance(title, str):
-        return None
-    return " ".join(html.unescape(title).split()) or None
+  """HTML-unescaped title with collapsed whitespace; None when missing or blank."""
+  if not isinstance(title, str):
+    return None
+  return " ".join(html.unescape(title).split()) or None
 
 
 def _item_text(asin: str, record: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The text fields of one item (record None when the item has no metadata)."""
-    text: dict[str, Any] = {"asin": asin, "title": _clean_title((record or {}).get("title"))}
-    brand = _known_brand(record)
-    if brand is not None:
-        text["brand"] = " ".join(html.unescape(brand).split())
-    text["categories"] = _category_paths(record)
-    return text
+  """The text fields of one item (record None when the item has no metadata)."""
+  text: dict[str, Any] = {"asin": asin, "title": _clean_title((record or {}).get("title"))}
+  brand = _known_brand(record)
+  if brand is not None:
+    text["brand"] = " ".join(html.unescape(brand).split())
+  text["categories"] = _category_paths(record)
+  return text
 
 
 def preprocess(
-    reviews: Iterable[Review],
-    metadata: Mapping[str, Mapping[str, Any]],
-    *,
-    core: int = 5,
+  reviews: Iterable[Review],
+  metadata: Mapping[str, Mapping[str, Any]],
+  *,
+  core: int = 5,
 ) -> PreparedData:
-    """Applies rules 1-6 of the module docstring to reviews and asin -> metadata."""
-    if isinstance(core, bool) or not isinstance(core, int) or core < 1:
-        raise ValueError(f"core must be a positive integer, got {core!r}")
-    raw = _group_by_user(reviews)
-    stats = {
-        "users_raw": len(raw),
-        "items_raw": len({asin for seq in raw.values() for asin, _ in seq}),
-        "interactions_raw": sum(len(seq) for seq in raw.values()),
-    }
-    cored = _kcore(raw, core)
-    if not cored:
-        raise ValueError(
-            f"nothing survives the {core}-core filter: {stats['users_raw']} users, "
-            f"{stats['items_raw']} items, {stats['interactions_raw']} interactions in, none out"
-        )
-    kept_items = {asin for seq in cored.values() for asin, _ in seq}
-    stats["users_dropped"] = stats["users_raw"] - len(cored)
-    stats["items_dropped"] = stats["items_raw"] - len(kept_items)
-    stats["interactions_dropped"] = stats["interactions_raw"] - sum(len(s) for s in cored.values())
-
-    seqs, stats["duplicates_removed"] = _drop_repeats(cored)
-    item_ids = _item_ids(seqs)
-    item_asins = list(item_ids)
-    item_attributes, stats["attributes"] = _attributes(item_ids, metadata)
-    stats["items_without_metadata"] = sum(asin not in metadata for asin in item_asins)
-    stats["users"] = len(seqs)
-    stats["items"] = len(item_asins)
-    stats["interactions"] = sum(len(seq) for seq in seqs.values())
-
-    return PreparedData(
-        sequences=[[item_ids[asin] for asin, _ in seq] for seq in seqs.values()],
-        user_reviewers=list(seqs),
-        item_asins=item_asins,
-        item_attributes=item_attributes,
-        item_text=[_item_text(asin, metadata.get(asin)) for asin in item_asins],
-        stats=stats,
+  """Applies rules 1-6 of the module docstring to reviews and asin -> metadata."""
+  if isinstance(core, bool) or not isinstance(core, int) or core < 1:
+    raise ValueError(f"core must be a positive integer, got {core!r}")
+  raw = _group_by_user(reviews)
+  stats = {
+    "users_raw": len(raw),
+    "items_raw": len({asin for seq in raw.values() for asin, _ in seq}),
+    "interactions_raw": sum(len(seq) for seq in raw.values()),
+  }
+  cored = _kcore(raw, core)
+  if not cored:
+    raise ValueError(
+      f"nothing survives the {core}-core filter: {stats['users_raw']} users, "
+      f"{stats['items_raw']} items, {stats['interactions_raw']} interactions in, none out"
     )
+  kept_items = {asin for seq in cored.values() for asin, _ in seq}
+  stats["users_dropped"] = stats["users_raw"] - len(cored)
+  stats["items_dropped"] = stats["items_raw"] - len(kept_items)
+  stats["interactions_dropped"] = stats["interactions_raw"] - sum(len(s) for s in cored.values())
+
+  seqs, stats["duplicates_removed"] = _drop_repeats(cored)
+  item_ids = _item_ids(seqs)
+  item_asins = list(item_ids)
+  item_attributes, stats["attributes"] = _attributes(item_ids, metadata)
+  stats["items_without_metadata"] = sum(asin not in metadata for asin in item_asins)
+  stats["users"] = len(seqs)
+  stats["items"] = len(item_asins)
+  stats["interactions"] = sum(len(seq) for seq in seqs.values())
+
+  return PreparedData(
+    sequences=[[item_ids[asin] for asin, _ in seq] for seq in seqs.values()],
+    user_reviewers=list(seqs),
+    item_asins=item_asins,
+    item_attributes=item_attributes,
+    item_text=[_item_text(asin, metadata.get(asin)) for asin in item_asins],
+    stats=stats,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -384,43 +384,43 @@ def preprocess(
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8", newline="\n")
+  path.write_text(text, encoding="utf-8", newline="\n")
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    _write_text(path, json.dumps(obj, ensure_ascii=False) + "\n")
+  _write_text(path, json.dumps(obj, ensure_ascii=False) + "\n")
 
 
 def _write_tsv(path: Path, header: tuple[str, str], values: list[str]) -> None:
-    rows = ["\t".join(header)] + [f"{i}\t{v}" for i, v in enumerate(values, start=1)]
-    _write_text(path, "\n".join(rows) + "\n")
+  rows = ["\t".join(header)] + [f"{i}\t{v}" for i, v in enumerate(values, start=1)]
+  _write_text(path, "\n".join(rows) + "\n")
 
 
 def write_prepared(data: PreparedData, out_dir: PathLike) -> None:
-    """Writes the five prepared-format files into ``out_dir`` (created if needed)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [
-        " ".join(map(str, [user, *items])) for user, items in enumerate(data.sequences, start=1)
-    ]
-    _write_text(out / "sequences.txt", "\n".join(lines) + "\n")
-    _write_json(
-        out / "item2attributes.json",
-        {str(i): attrs for i, attrs in enumerate(data.item_attributes, start=1)},
-    )
-    _write_json(
-        out / "item_text.json", {str(i): text for i, text in enumerate(data.item_text, start=1)}
-    )
-    _write_tsv(out / "item_asin.tsv", ("item_id", "asin"), data.item_asins)
-    _write_tsv(out / "user_reviewer.tsv", ("user_id", "reviewer_id"), data.user_reviewers)
+  """Writes the five prepared-format files into ``out_dir`` (created if needed)."""
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  lines = [
+    " ".join(map(str, [user, *items])) for user, items in enumerate(data.sequences, start=1)
+  ]
+  _write_text(out / "sequences.txt", "\n".join(lines) + "\n")
+  _write_json(
+    out / "item2attributes.json",
+    {str(i): attrs for i, attrs in enumerate(data.item_attributes, start=1)},
+  )
+  _write_json(
+    out / "item_text.json", {str(i): text for i, text in enumerate(data.item_text, start=1)}
+  )
+  _write_tsv(out / "item_asin.tsv", ("item_id", "asin"), data.item_asins)
+  _write_tsv(out / "user_reviewer.tsv", ("user_id", "reviewer_id"), data.user_reviewers)
 
 
 def prepare_from_raw(
-    reviews_path: PathLike, meta_path: PathLike, out_dir: PathLike, *, core: int = 5
+  reviews_path: PathLike, meta_path: PathLike, out_dir: PathLike, *, core: int = 5
 ) -> dict[str, int]:
-    """Reads the raw files, preprocesses them and writes ``out_dir``; returns the stats."""
-    reviews = read_reviews(reviews_path)
-    metadata = read_metadata(meta_path, keep_asins={asin for _, asin, _ in reviews})
-    data = preprocess(reviews, metadata, core=core)
-    write_prepared(data, out_dir)
-    return dict(data.stats)
+  """Reads the raw files, preprocesses them and writes ``out_dir``; returns the stats."""
+  reviews = read_reviews(reviews_path)
+  metadata = read_metadata(meta_path, keep_asins={asin for _, asin, _ in reviews})
+  data = preprocess(reviews, metadata, core=core)
+  write_prepared(data, out_dir)
+  return dict(data.stats)

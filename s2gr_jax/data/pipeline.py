@@ -24,7 +24,7 @@ mixed in proportion to the buckets' sizes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import grain
 import numpy as np
@@ -201,7 +201,3 @@ def _pad_batch(examples: list[Batch], batch_size: int, filler: Batch) -> Batch:
   pad = dict(filler, weight=np.float32(0.0))
   rows = examples + [pad] * (batch_size - len(examples))
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-
-
-def iterate(ds: grain.IterDataset) -> Iterator[Batch]:
-  return iter(ds)
