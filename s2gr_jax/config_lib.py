@@ -34,13 +34,26 @@ def base_config() -> ml_collections.ConfigDict:
       p_complement=0.15, p_same_leaf=0.2, p_favourite=0.55, tags_per_leaf=12, tags_per_item=3,
       noise_attribute_rate=0.3, seed=0))
 
-  c.sid = ml_collections.ConfigDict()
-  c.sid.embedding = "attributes"  # 'attributes' | 'text_tfidf' | 'npy'
-  c.sid.embedding_path = ""  # for 'npy': float32[num_items, d], row i = item i + 1
-  c.sid.embedding_dim = 64
-  c.sid.seed = 0
-  c.sid.quantizer = ml_collections.ConfigDict(dict(
-      kind="rqkmeans", levels=3, codebook_size=256, iters=50, seed=0))
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.embedding = "attributes"  # 'attributes' | 'text_tfidf' | 'text' | 'npy'
+  c.tokenizer.embedding_path = ""  # for 'npy': float32[num_items, d], row i = item i + 1
+  c.tokenizer.embedding_dim = 64  # SVD dimensions of the TF-IDF sources
+  c.tokenizer.text_encoder_dir = ""  # for 'text': '' = $S2GR_TEXT_ENCODER_DIR or fetched
+  c.tokenizer.kind = "rqkmeans"  # 'rqkmeans' | 'rqvae' (TIGER) | 'coba' (S²GR)
+  c.tokenizer.levels = 3
+  c.tokenizer.codebook_size = 256
+  c.tokenizer.kmeans_iters = 50  # RQ-KMeans, and the RQ-VAE codebook initialisation
+  c.tokenizer.sinkhorn_last_level = False  # balanced (Sinkhorn) last-level assignment
+  c.tokenizer.seed = 0
+  c.tokenizer.rqvae = ml_collections.ConfigDict(dict(
+      latent_dim=32, hidden=(512, 256, 128), steps=3000, batch_size=1024, lr=1e-3,
+      commitment=0.25, init_items=20_000, log_every=250))
+  # CoBa's switches (tokenizer.kind='coba'); 0 turns a part off.
+  c.tokenizer.coba = ml_collections.ConfigDict(dict(
+      window=3, propagation_hops=2, propagation_alpha=0.2, uniformity_weight=0.05,
+      uniformity_percentile=10.0, balance_gamma=0.5, balance_eps=0.2, usage_decay=0.99,
+      restart_every=100, restart_threshold=0.03))
+  c.tokenize_only = False  # stop after writing workdir/sid (the tokenizer recipes)
 
   c.model = ml_collections.ConfigDict(dict(
       name="tiger", d_model=128, num_heads=6, head_dim=64, d_ff=1024,
@@ -79,12 +92,16 @@ def _positive(config, *keys: str) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values and combinations; raises ValueError naming the key."""
   _choice("data.on_short_sequence", config.data.on_short_sequence, ("error", "drop"))
-  _choice("sid.embedding", config.sid.embedding, ("attributes", "text_tfidf", "npy"))
-  _choice("sid.quantizer.kind", config.sid.quantizer.kind, ("rqkmeans",))
+  _choice("tokenizer.embedding", config.tokenizer.embedding,
+          ("attributes", "text_tfidf", "text", "npy"))
+  _choice("tokenizer.kind", config.tokenizer.kind, ("rqkmeans", "rqvae", "coba"))
   _choice("model.name", config.model.name, ("tiger",))
   _choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
-  _positive(config, "data.max_history", "data.user_buckets", "sid.embedding_dim",
-            "sid.quantizer.levels", "sid.quantizer.codebook_size", "model.d_model",
+  _positive(config, "data.max_history", "data.user_buckets", "tokenizer.embedding_dim",
+            "tokenizer.levels", "tokenizer.codebook_size", "tokenizer.kmeans_iters",
+            "tokenizer.rqvae.latent_dim", "tokenizer.rqvae.steps",
+            "tokenizer.rqvae.batch_size", "tokenizer.rqvae.lr",
+            "tokenizer.rqvae.log_every", "tokenizer.coba.window", "model.d_model",
             "model.num_heads", "model.head_dim", "model.d_ff", "model.encoder_layers",
             "model.decoder_layers", "train.batch_size", "train.num_steps", "train.lr",
             "train.log_every", "train.eval_every", "train.checkpoint_every",
@@ -107,8 +124,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f"with K in eval.ks={tuple(config.eval.ks)}")
   if config.train.warmup_steps < 0 or config.train.warmup_steps >= config.train.num_steps:
     raise ValueError("config.train.warmup_steps must be in [0, train.num_steps)")
-  if config.sid.embedding == "npy" and not config.sid.embedding_path:
-    raise ValueError("config.sid.embedding='npy' needs config.sid.embedding_path")
+  coba = config.tokenizer.coba
+  if coba.propagation_hops < 0 or not 0 < coba.propagation_alpha <= 1:
+    raise ValueError("config.tokenizer.coba needs propagation_hops >= 0 and "
+                     "0 < propagation_alpha <= 1")
+  if not 0 <= coba.balance_eps < 1 or not 0 <= coba.usage_decay < 1:
+    raise ValueError("config.tokenizer.coba.balance_eps and usage_decay must be in [0, 1)")
+  if min(coba.uniformity_weight, coba.balance_gamma, coba.restart_every) < 0:
+    raise ValueError("config.tokenizer.coba weights and periods must be >= 0")
+  if config.tokenizer.embedding == "npy" and not config.tokenizer.embedding_path:
+    raise ValueError("config.tokenizer.embedding='npy' needs "
+                     "config.tokenizer.embedding_path")
 
 
 def apply_preset(config: ml_collections.ConfigDict, arg: str | None,

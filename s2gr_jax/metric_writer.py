@@ -30,10 +30,15 @@ class MetricWriter:
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
   def truncate_after(self, step: int) -> None:
-    """Drops what a resumed run logs again: lines after ``step`` and final results."""
+    """Drops what a resumed training run logs again: its lines after ``step`` and the
+    final results (tokenizer lines have their own step count and stay)."""
     if not self.enabled or not os.path.exists(self.path):
       return
-    keep = lambda r: r["step"] <= step and not any(k.startswith("final/") for k in r)
+    def keep(record):
+      if any(k.startswith("final/") for k in record):
+        return False
+      return record["step"] <= step or all(
+          k == "step" or k.startswith("tokenizer/") for k in record)
     with open(self.path) as f:
       lines = [line for line in f if line.strip() and keep(json.loads(line))]
     with open(self.path, "w") as f:

@@ -37,7 +37,9 @@ from s2gr_jax import parallel
 from s2gr_jax import train as train_lib
 from s2gr_jax.data import datasets
 from s2gr_jax.data import pipeline
+from s2gr_jax.sid import diagnostics
 from s2gr_jax.sid import embeddings
+from s2gr_jax.sid import graph as graph_lib
 from s2gr_jax.sid import quantizers
 from s2gr_jax.sid import table as table_lib
 
@@ -81,11 +83,16 @@ def results_table(rows: dict[str, dict[str, float]]) -> str:
 
 # --- semantic IDs -----------------------------------------------------------------------
 
-def semantic_ids(config, dataset: datasets.SequenceDataset, workdir: str,
-                 has_checkpoint: bool) -> table_lib.SidTable:
-  """The SID table, built once per workdir and reused on resume."""
+def semantic_ids(config, dataset: datasets.SequenceDataset, split, workdir: str, *,
+                 mesh, writer, has_checkpoint: bool) -> table_lib.SidTable:
+  """The SID table, built once per workdir and reused on resume.
+
+  Writes ``sid/``: the table, ``codebook_stats.json`` (with the training curves of
+  learned tokenizers), ``codebook_usage.png`` and, for RQ-VAEs, ``tokenizer_training.png``;
+  tokenizer metrics also go to TensorBoard under ``tokenizer/``.
+  """
   sid_dir = os.path.join(workdir, "sid")
-  key = {"sid": config.sid.to_dict(), "dataset": dataset.fingerprint,
+  key = {"tokenizer": config.tokenizer.to_dict(), "dataset": dataset.fingerprint,
          "num_items": dataset.num_items}
   key_path = os.path.join(sid_dir, "fingerprint.json")
   if os.path.exists(key_path):
@@ -98,25 +105,39 @@ def semantic_ids(config, dataset: datasets.SequenceDataset, workdir: str,
       return table
     if has_checkpoint:
       raise ValueError(f"{workdir} holds checkpoints trained on Semantic IDs built "
-                       f"from another sid config or dataset ({key_path}); use a new "
+                       f"from another tokenizer config or dataset ({key_path}); use a new "
                        "workdir")
+  tcfg = config.tokenizer
   t0 = time.time()
-  x = embeddings.item_embeddings(config.sid, dataset)
-  quantized = quantizers.make_quantizer(config.sid.quantizer).fit(x)
+  x = embeddings.item_embeddings(tcfg, dataset)
+  graph = None
+  if tcfg.kind == "coba":
+    graph = graph_lib.cooccurrence(split.training_histories(dataset.sequences),
+                                   dataset.num_items, tcfg.coba.window)
+    log.info("Co-occurrence graph (training histories, window %d): %d edges",
+             tcfg.coba.window, graph.nnz // 2)
+  callback = lambda step, scalars: writer.write(
+      step, {f"tokenizer/{k}": v for k, v in scalars.items()})
+  quantized = quantizers.make_quantizer(tcfg, mesh=mesh, callback=callback).fit(x, graph)
   table = table_lib.SidTable.from_semantic_codes(
-      quantized.codes, quantized.codebook_sizes, quantized.ordered)
-  stats = table_lib.codebook_stats(table)
-  stats.update(embedding=config.sid.embedding, embedding_shape=list(x.shape),
-               quantizer=config.sid.quantizer.kind, history=quantized.history,
-               wall_s=time.time() - t0)
+      quantized.codes, quantized.codebook_sizes, quantized.ordered, quantized.codebooks)
+  stats = diagnostics.codebook_stats(table)
+  stats.update(embedding=tcfg.embedding, embedding_shape=list(x.shape),
+               tokenizer=tcfg.kind, history=quantized.history, wall_s=time.time() - t0,
+               reconstruction_mse=quantized.history.get("final_recon_mse"))
   if jax.process_index() == 0:
     table.save(sid_dir)
-    table_lib.save_stats(stats, sid_dir)
+    diagnostics.save_stats(stats, sid_dir)
+    diagnostics.plot_usage(stats, os.path.join(sid_dir, "codebook_usage.png"))
+    if quantized.history.get("step"):
+      diagnostics.plot_training(quantized.history,
+                                os.path.join(sid_dir, "tokenizer_training.png"))
     _write_json(key_path, key)
-  log.info("Semantic IDs (%s on %s %s): utilisation %s, collision rate %.3f, unique "
-           "SIDs %.3f, de-dup level size %s, %.1f s", config.sid.quantizer.kind,
-           config.sid.embedding, x.shape, [round(u, 3) for u in stats["utilization"]],
-           stats["collision_rate"], stats["unique_sid_share"],
+  log.info("Semantic IDs (%s on %s %s): utilisation %s, perplexity %s, collision rate "
+           "%.3f, unique SIDs %.3f, de-dup level size %s, %.1f s", tcfg.kind,
+           tcfg.embedding, x.shape, [round(u, 4) for u in stats["utilization"]],
+           [round(p, 1) for p in stats["perplexity"]], stats["collision_rate"],
+           stats["unique_sid_share"],
            table.codebook_sizes[table.semantic_levels:] or "none", stats["wall_s"])
   return table
 
@@ -133,12 +154,27 @@ def run(config, workdir: str) -> dict:
   log.info("Devices: %d × %s; mesh %s", jax.device_count(), jax.default_backend(),
            dict(mesh.shape))
 
-  # Data and split.
+  # Data, split and Semantic IDs.
   dataset = datasets.load_dataset(config.data)
   split = pipeline.LeaveOneOut.from_sequences(dataset.sequences)
   ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.max_to_keep)
-  table = semantic_ids(config, dataset, workdir, ckpts.latest_step() is not None)
+  writer = metric_writer.MetricWriter(workdir)
+  try:
+    table = semantic_ids(config, dataset, split, workdir, mesh=mesh, writer=writer,
+                         has_checkpoint=ckpts.latest_step() is not None)
+    if config.tokenize_only:
+      log.info("tokenize_only: Semantic IDs are in %s", os.path.join(workdir, "sid"))
+      return {}
+    return _train_and_evaluate(config, workdir, mesh, dataset, split, table, ckpts,
+                               writer)
+  finally:
+    writer.close()
+    ckpts.close()
 
+
+def _train_and_evaluate(config, workdir, mesh, dataset, split, table, ckpts,
+                        writer) -> dict:
+  """Pipelines → model → training loop → final evaluation."""
   # Pipelines.
   pipes = pipeline.Pipelines(
       source=dataset.source, split=split, codes=table.lookup(),
@@ -176,22 +212,16 @@ def run(config, workdir: str) -> dict:
       eval_step, model_state, batches, trie, mesh)
 
   # Train (or resume).
-  writer = metric_writer.MetricWriter(workdir)
-  try:
-    loop = train_lib.train_loop(
-        config, graphdef=graphdef, state=state, mesh=mesh, train_ds=train_ds,
-        validate=lambda ms: evaluate(ms, val_batches), ckpts=ckpts, writer=writer,
-        examples_per_step=config.train.batch_size)
-    if not loop.finished:
-      log.info("Run stopped at step %d before train.num_steps=%d; rerun the same command "
-               "to continue.", loop.step, config.train.num_steps)
-      return {}
-    results = final_evaluation(config, workdir, loop, ckpts, pipes, split, dataset,
-                               evaluate, eval_bs, writer)
-  finally:
-    writer.close()
-    ckpts.close()
-  return results
+  loop = train_lib.train_loop(
+      config, graphdef=graphdef, state=state, mesh=mesh, train_ds=train_ds,
+      validate=lambda ms: evaluate(ms, val_batches), ckpts=ckpts, writer=writer,
+      examples_per_step=config.train.batch_size)
+  if not loop.finished:
+    log.info("Run stopped at step %d before train.num_steps=%d; rerun the same command "
+             "to continue.", loop.step, config.train.num_steps)
+    return {}
+  return final_evaluation(config, workdir, loop, ckpts, pipes, split, dataset, evaluate,
+                          eval_bs, writer)
 
 
 def final_evaluation(config, workdir, loop, ckpts, pipes, split, dataset, evaluate,

@@ -5,6 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from s2gr_jax.sid import diagnostics
 from s2gr_jax.sid import embeddings
 from s2gr_jax.sid import quantizers
 from s2gr_jax.sid import table as table_lib
@@ -73,9 +74,9 @@ def test_residual_kmeans_codes():
   assert mse[0] > mse[1] > mse[2]  # each level explains more of the vector
   with pytest.raises(ValueError, match="5 items are fewer than .*codebook_size=8"):
     quantizers.ResidualKMeans(codebook_size=8).fit(x[:5])
-  cfg = ml_collections.ConfigDict(dict(kind="nope", levels=3, codebook_size=8, iters=1,
-                                       seed=0))
-  with pytest.raises(ValueError, match="unknown sid.quantizer.kind 'nope'"):
+  cfg = ml_collections.ConfigDict(dict(kind="nope", levels=3, codebook_size=8,
+                                       kmeans_iters=1, seed=0))
+  with pytest.raises(ValueError, match="unknown tokenizer.kind 'nope'"):
     quantizers.make_quantizer(cfg)
 
 
@@ -120,13 +121,15 @@ def test_prefix_index_matches_a_dict_trie():
 
 def test_table_save_load_and_stats(tmp_path):
   codes = np.array([[0, 1], [0, 1], [2, 2], [1, 0]])
-  t = table_lib.SidTable.from_semantic_codes(codes, (4, 4))
+  books = [np.arange(8.0).reshape(4, 2), -np.arange(12.0).reshape(4, 3)]
+  t = table_lib.SidTable.from_semantic_codes(codes, (4, 4), codebooks=books)
   t.save(str(tmp_path))
   back = table_lib.SidTable.load(str(tmp_path))
   np.testing.assert_array_equal(back.codes, t.codes)
+  np.testing.assert_array_equal(back.codebooks[1], books[1])
   assert back.codebook_sizes == t.codebook_sizes and back.semantic_levels == 2
   assert t.lookup()[0].tolist() == [0, 0, 0] and t.lookup()[1].tolist() == t.codes[0].tolist()
-  stats = table_lib.codebook_stats(t)
+  stats = diagnostics.codebook_stats(t)
   assert stats["utilization"] == [0.75, 0.75]
   np.testing.assert_allclose(stats["perplexity"][0], np.exp(-(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25))))
   assert stats["collision_rate"] == 0.5  # items 1 and 2 share (0, 1)

@@ -1,25 +1,33 @@
 """Item vectors for the tokenizer: ``float32[num_items, d]``, row ``i`` = item ``i + 1``.
 
-Sources (``config.sid.embedding``):
+Sources (``config.tokenizer.embedding``):
 
 * ``attributes``: a TF-IDF bag of each item's attribute ids (``item2attributes.json``),
   reduced by a truncated SVD.
 * ``text_tfidf``: the same over tokens of the item text (brand, each category level,
   title words), for datasets with ``item_text.json``.
-* ``npy``: a user-supplied matrix (``config.sid.embedding_path``), e.g. sentence
+* ``text``: a sentence encoder (all-MiniLM-L6-v2 in Flax, ``text_encoder.py``) over
+  each item's title, brand and categories, what TIGER embedded; cached per dataset and
+  encoder under ``~/.cache/s2gr_jax/embeddings`` because it is the slow source.
+* ``npy``: a user-supplied matrix (``config.tokenizer.embedding_path``), e.g. sentence
   embeddings computed elsewhere.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import time
 from typing import Any, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-SOURCES = ("attributes", "text_tfidf", "npy")
+log = logging.getLogger(__name__)
+
+SOURCES = ("attributes", "text_tfidf", "text", "npy")
 
 
 def text_tokens(record: dict[str, Any] | None) -> list[str]:
@@ -39,6 +47,46 @@ def text_tokens(record: dict[str, Any] | None) -> list[str]:
     if len(word) > 2:
       tokens.append("w:" + word)
   return sorted(set(tokens))
+
+
+def item_sentence(record: dict[str, Any] | None) -> str:
+  """The text a sentence encoder sees for one item: title, brand, categories."""
+  if not record:
+    return ""
+  parts = []
+  if record.get("title"):
+    parts.append(f"Title: {record['title']}")
+  if record.get("brand"):
+    parts.append(f"Brand: {record['brand']}")
+  categories = record.get("categories") or []
+  if isinstance(categories, str):
+    categories = [categories.split(",")]
+  paths = [" > ".join(str(c) for c in path) for path in categories if path]
+  if paths:
+    parts.append("Categories: " + "; ".join(paths))
+  return ". ".join(parts)
+
+
+def text_embeddings(dataset, encoder_dir: str, cache_dir: str) -> np.ndarray:
+  """Sentence-encoder vectors of the item text, computed once per dataset and encoder."""
+  from s2gr_jax.sid import text_encoder  # pylint: disable=g-import-not-at-top
+  folder = encoder_dir or text_encoder.default_checkpoint_dir()
+  name = os.path.basename(os.path.normpath(folder))
+  path = os.path.join(cache_dir, f"{dataset.fingerprint}-{name}.npy")
+  if os.path.exists(path):
+    log.info("Item text embeddings: reusing %s", path)
+    return np.load(path)
+  if not encoder_dir and not os.path.exists(os.path.join(folder, "model.safetensors")):
+    log.info("Fetching the all-MiniLM-L6-v2 checkpoint into %s", folder)
+    text_encoder.fetch_minilm(folder)
+  encoder = text_encoder.SentenceEncoder.from_pretrained(folder)
+  t0 = time.time()
+  x = encoder.encode([item_sentence(r) for r in dataset.item_text])
+  log.info("Item text embeddings: %d items × %d in %.1f s (%s)", x.shape[0], x.shape[1],
+           time.time() - t0, folder)
+  os.makedirs(cache_dir, exist_ok=True)
+  np.save(path, x)
+  return x
 
 
 def _vocabulary(bags: Sequence[Sequence[Any]]) -> sp.csr_matrix:
@@ -81,7 +129,7 @@ def tfidf_svd(bags: Sequence[Sequence[Any]], dim: int, seed: int = 0) -> np.ndar
 
 def load_npy(path: str, num_items: int) -> np.ndarray:
   if not path:
-    raise ValueError("sid.embedding='npy' needs sid.embedding_path")
+    raise ValueError("tokenizer.embedding='npy' needs tokenizer.embedding_path")
   try:
     x = np.load(path)
   except FileNotFoundError:
@@ -104,22 +152,28 @@ def validate(x: np.ndarray, num_items: int, where: str) -> np.ndarray:
   return np.asarray(x, np.float32)
 
 
-def item_embeddings(sid_cfg, dataset) -> np.ndarray:
+def item_embeddings(tcfg, dataset) -> np.ndarray:
   """The configured item vectors for ``dataset`` (a ``SequenceDataset``)."""
-  if sid_cfg.embedding == "attributes":
+  if tcfg.embedding == "attributes":
     if dataset.item_attributes is None:
       raise ValueError(f"dataset '{dataset.name}' has no item2attributes.json; use "
-                       "sid.embedding='text_tfidf' (item text) or 'npy'")
-    x = tfidf_svd(dataset.item_attributes, sid_cfg.embedding_dim, seed=sid_cfg.seed)
-  elif sid_cfg.embedding == "text_tfidf":
+                       "tokenizer.embedding='text_tfidf' (item text) or 'npy'")
+    x = tfidf_svd(dataset.item_attributes, tcfg.embedding_dim, seed=tcfg.seed)
+  elif tcfg.embedding == "text_tfidf":
     if dataset.item_text is None:
       raise ValueError(f"dataset '{dataset.name}' has no item_text.json; use "
-                       "sid.embedding='attributes' or 'npy'")
+                       "tokenizer.embedding='attributes' or 'npy'")
     bags = [text_tokens(r) for r in dataset.item_text]
-    x = tfidf_svd(bags, sid_cfg.embedding_dim, seed=sid_cfg.seed)
-  elif sid_cfg.embedding == "npy":
-    x = load_npy(sid_cfg.embedding_path, dataset.num_items)
+    x = tfidf_svd(bags, tcfg.embedding_dim, seed=tcfg.seed)
+  elif tcfg.embedding == "text":
+    if dataset.item_text is None:
+      raise ValueError(f"dataset '{dataset.name}' has no item_text.json; use "
+                       "tokenizer.embedding='attributes' or 'npy'")
+    x = text_embeddings(dataset, tcfg.text_encoder_dir, os.path.join(
+        os.path.expanduser("~"), ".cache", "s2gr_jax", "embeddings"))
+  elif tcfg.embedding == "npy":
+    x = load_npy(tcfg.embedding_path, dataset.num_items)
   else:
-    raise ValueError(f"unknown sid.embedding {sid_cfg.embedding!r}; choose one of "
+    raise ValueError(f"unknown tokenizer.embedding {tcfg.embedding!r}; choose one of "
                      f"{SOURCES}")
-  return validate(x, dataset.num_items, f"sid.embedding={sid_cfg.embedding}")
+  return validate(x, dataset.num_items, f"tokenizer.embedding={tcfg.embedding}")

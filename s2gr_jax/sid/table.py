@@ -12,7 +12,6 @@ so a node's children are one contiguous range of the next depth.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -93,16 +92,20 @@ class SidTable:
     codebook_sizes: codes per level (the de-dup level's size is its largest group).
     semantic_levels: levels that come from the quantizer (the rest is de-dup).
     ordered: False for parallel, unordered codebooks (REG4Rec).
+    codebooks: the quantizer's code vectors per semantic level, float32[size, dim], when
+      it has them (S²GR clusters them to supervise its thoughts).
   """
 
   codes: np.ndarray
   codebook_sizes: tuple[int, ...]
   semantic_levels: int
   ordered: bool = True
+  codebooks: tuple[np.ndarray, ...] | None = None
 
   @classmethod
   def from_semantic_codes(cls, codes: np.ndarray, codebook_sizes: tuple[int, ...],
-                          ordered: bool = True) -> "SidTable":
+                          ordered: bool = True,
+                          codebooks=None) -> "SidTable":
     codes = np.asarray(codes, np.int32)
     if codes.ndim != 2 or codes.shape[1] != len(codebook_sizes):
       raise ValueError(f"codes shape {codes.shape} does not match "
@@ -114,8 +117,12 @@ class SidTable:
     if rank.max() > 0:
       codes = np.concatenate([codes, rank[:, None]], axis=1)
       sizes = sizes + (int(rank.max()) + 1,)
-    return cls(codes=codes, codebook_sizes=sizes,
-               semantic_levels=len(codebook_sizes), ordered=ordered)
+    if codebooks is not None:
+      codebooks = tuple(np.asarray(c, np.float32) for c in codebooks)
+      if [len(c) for c in codebooks] != list(codebook_sizes):
+        raise ValueError("codebooks do not match the codebook sizes")
+    return cls(codes=codes, codebook_sizes=sizes, semantic_levels=len(codebook_sizes),
+               ordered=ordered, codebooks=codebooks)
 
   @property
   def num_items(self) -> int:
@@ -138,42 +145,16 @@ class SidTable:
 
   def save(self, folder: str) -> None:
     os.makedirs(folder, exist_ok=True)
+    books = {f"codebook_{l}": c for l, c in enumerate(self.codebooks or ())}
     np.savez(os.path.join(folder, TABLE_FILE), codes=self.codes,
              item_ids=self.item_ids, codebook_sizes=np.asarray(self.codebook_sizes),
-             semantic_levels=self.semantic_levels, ordered=self.ordered)
+             semantic_levels=self.semantic_levels, ordered=self.ordered, **books)
 
   @classmethod
   def load(cls, folder: str) -> "SidTable":
     with np.load(os.path.join(folder, TABLE_FILE)) as f:
+      levels = int(f["semantic_levels"])
+      books = (tuple(f[f"codebook_{l}"] for l in range(levels))
+               if "codebook_0" in f.files else None)
       return cls(codes=f["codes"], codebook_sizes=tuple(int(s) for s in f["codebook_sizes"]),
-                 semantic_levels=int(f["semantic_levels"]), ordered=bool(f["ordered"]))
-
-
-def codebook_stats(table: SidTable) -> dict:
-  """Per-level utilisation and perplexity, collisions before de-dup, unique-SID share."""
-  sem = table.codes[:, :table.semantic_levels]
-  utilization, perplexity = [], []
-  for level in range(table.semantic_levels):
-    counts = np.bincount(sem[:, level], minlength=table.codebook_sizes[level])
-    p = counts[counts > 0] / counts.sum()
-    utilization.append(float((counts > 0).mean()))
-    perplexity.append(float(np.exp(-(p * np.log(p)).sum())))
-  _, inverse, group_sizes = np.unique(sem, axis=0, return_inverse=True,
-                                      return_counts=True)
-  colliding = group_sizes[inverse.ravel()] > 1
-  return {
-      "num_items": table.num_items,
-      "semantic_levels": table.semantic_levels,
-      "codebook_sizes": list(table.codebook_sizes),
-      "utilization": utilization,
-      "perplexity": perplexity,
-      "collision_rate": float(colliding.mean()),
-      "unique_sid_share": float(len(group_sizes) / table.num_items),
-      "max_collision_group": int(group_sizes.max()),
-  }
-
-
-def save_stats(stats: dict, folder: str) -> None:
-  os.makedirs(folder, exist_ok=True)
-  with open(os.path.join(folder, "codebook_stats.json"), "w") as f:
-    json.dump(stats, f, indent=2)
+                 semantic_levels=levels, ordered=bool(f["ordered"]), codebooks=books)

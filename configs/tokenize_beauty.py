@@ -1,0 +1,33 @@
+"""Tokenizer recipe: Semantic IDs for Amazon Beauty, no generator training.
+
+Item text (title, brand, categories) → all-MiniLM-L6-v2 sentence vectors (Flax) →
+CoBa RQ-VAE (S²GR: co-occurrence propagation, uniformity, load balancing, dead-code
+restart), 3 levels × 256 codes, plus the de-dup level for the items that still collide.
+Writes ``DIR/sid/``: ``sid_table.npz``, ``codebook_stats.json`` (utilisation, perplexity,
+collision rate, unique-SID share, reconstruction error, training curves),
+``codebook_usage.png`` and ``tokenizer_training.png``.
+
+Commands:
+  S2GR_DATA_DIR=../shared/data python -m s2gr_jax.main \\
+      --config configs/tokenize_beauty.py --workdir runs/tokenize_beauty_coba
+  # the baselines, same everything else:
+  ... --config.tokenizer.kind=rqvae --workdir runs/tokenize_beauty_rqvae
+  ... --config.tokenizer.kind=rqkmeans --workdir runs/tokenize_beauty_rqkmeans
+
+Hardware, runtime and reached figures: see the README tokenizer table (real runs only).
+"""
+
+from s2gr_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+  c = config_lib.base_config()
+  c.data.name = "beauty"
+  c.tokenize_only = True
+  c.tokenizer.embedding = "text"
+  c.tokenizer.kind = "coba"
+
+  def tiny(c):
+    c.tokenizer.rqvae.update(steps=200, log_every=50)
+
+  return config_lib.apply_preset(c, arg, {"tiny": tiny})
