@@ -58,7 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       name="tiger", d_model=128, num_heads=6, head_dim=64, d_ff=1024,
       encoder_layers=4, decoder_layers=4, dropout=0.1, rel_pos_buckets=32,
-      rel_pos_max_distance=128, dtype="float32"))
+      rel_pos_max_distance=128, dtype="float32",
+      # S²GR (model.name='s2gr'; other models ignore these)
+      thoughts_per_level=1, num_clusters=16, align_temperature=0.1, align_weight=1.0,
+      anchor_layers=2, nce_weight=1.0, nce_temperature=0.1, reg_weight=0.1))
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=256, num_steps=20_000, lr=1e-3, warmup_steps=1_000,
@@ -95,7 +98,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice("tokenizer.embedding", config.tokenizer.embedding,
           ("attributes", "text_tfidf", "text", "npy"))
   _choice("tokenizer.kind", config.tokenizer.kind, ("rqkmeans", "rqvae", "coba"))
-  _choice("model.name", config.model.name, ("tiger",))
+  _choice("model.name", config.model.name, ("tiger", "s2gr", "sasrec"))
   _choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
   _positive(config, "data.max_history", "data.user_buckets", "tokenizer.embedding_dim",
             "tokenizer.levels", "tokenizer.codebook_size", "tokenizer.kmeans_iters",
@@ -135,6 +138,44 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.tokenizer.embedding == "npy" and not config.tokenizer.embedding_path:
     raise ValueError("config.tokenizer.embedding='npy' needs "
                      "config.tokenizer.embedding_path")
+
+
+def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.ConfigDict:
+  """The shared recipe of ``configs/{tiger,s2gr,sasrec}_{beauty,scientific}.py``.
+
+  Default: the paper budget (batch 256, 200k steps, selection on validation NDCG@10),
+  a GPU job. Presets: ``:cpu`` the reduced budget the README's CPU rows use (the same
+  for every model, so rows compare), ``:tiny`` a few minutes on a CPU (TF-IDF item
+  vectors, RQ-KMeans, small models, short training).
+  """
+  c = base_config()
+  c.data.name = dataset
+  c.data.length_buckets = (3, 5, 8, 12, 20)
+  c.tokenizer.embedding = "text"
+  c.tokenizer.kind = {"tiger": "rqvae", "s2gr": "coba", "sasrec": "rqkmeans"}[model]
+  c.model.name = model
+  if model == "sasrec":  # the tuned SASRec shape: small, more dropout
+    c.model.update(d_model=64, num_heads=2, head_dim=32, d_ff=256, encoder_layers=2,
+                   dropout=0.2)
+  c.train.update(batch_size=256, num_steps=200_000, lr=1e-3, warmup_steps=10_000,
+                 log_every=200, eval_every=5_000, checkpoint_every=5_000, patience=10)
+  c.eval.update(batch_size=256, beam_size=20, val_users=5_000)
+
+  def cpu(c):
+    c.train.update(num_steps=3_000, lr=2e-3, warmup_steps=300, log_every=50,
+                   eval_every=500, checkpoint_every=250, patience=4)
+    c.eval.val_users = 3_000
+
+  def tiny(c):
+    c.tokenizer.update(embedding="text_tfidf", embedding_dim=64, kind="rqkmeans")
+    if model != "sasrec":
+      c.model.update(d_model=64, num_heads=4, head_dim=16, d_ff=256, encoder_layers=2,
+                     decoder_layers=2, anchor_layers=1)
+    c.train.update(num_steps=300, lr=3e-3, warmup_steps=30, log_every=50,
+                   eval_every=150, checkpoint_every=150)
+    c.eval.val_users = 1_000
+
+  return apply_preset(c, arg, {"cpu": cpu, "tiny": tiny})
 
 
 def apply_preset(config: ml_collections.ConfigDict, arg: str | None,

@@ -79,6 +79,15 @@ def beam_search(model, batch, trie: dict[str, Any], *, beam: int,
   return items, score
 
 
+def recommend(model, batch, trie: dict[str, Any], *, beam: int,
+              max_children: tuple[int, ...]):
+  """Top-``beam`` item ids and scores: the model's own ranking if it scores items
+  directly (SASRec), else the constrained beam search over its SIDs."""
+  if hasattr(model, "rank"):
+    return model.rank(batch, beam)
+  return beam_search(model, batch, trie, beam=beam, max_children=max_children)
+
+
 def score_all_items(model, batch, codes: np.ndarray) -> jax.Array:
   """Brute force: log-probability of every catalogue item's SID, float32[B, num_items].
 

@@ -91,6 +91,9 @@ def semantic_ids(config, dataset: datasets.SequenceDataset, split, workdir: str,
   learned tokenizers), ``codebook_usage.png`` and, for RQ-VAEs, ``tokenizer_training.png``;
   tokenizer metrics also go to TensorBoard under ``tokenizer/``.
   """
+  if config.model.name in models.ITEM_SCORERS:
+    log.info("Model %s ranks items directly: no tokenizer stage", config.model.name)
+    return table_lib.SidTable.identity(dataset.num_items)
   sid_dir = os.path.join(workdir, "sid")
   key = {"tokenizer": config.tokenizer.to_dict(), "dataset": dataset.fingerprint,
          "num_items": dataset.num_items}
@@ -197,8 +200,9 @@ def _train_and_evaluate(config, workdir, mesh, dataset, split, table, ckpts,
   val_batches = pipes.eval_batches("val", eval_bs, val_users)
 
   # Model, optimizer, decoding.
-  make_model = lambda rngs: models.build(config.model, table.codebook_sizes,
-                                         config.data.user_buckets, rngs)
+  make_model = models.model_factory(config.model, table,
+                                    user_buckets=config.data.user_buckets,
+                                    max_history=config.data.max_history)
   graphdef, model_graphdef, state = train_lib.create_state(
       make_model, train_lib.make_optimizer(config.train), config.seed, mesh)
   log.info("Model %s: %s parameters", config.model.name,

@@ -93,7 +93,7 @@ def make_train_step(graphdef, schedule):
 
 def make_eval_step(model_graphdef, mesh, *, beam: int, max_children: tuple[int, ...],
                    ks):
-  """Beam search + metric sums for one batch: (model_state, batch, trie) → sums.
+  """Ranking + metric sums for one batch: (model_state, batch, trie) → sums.
 
   Decoding is independent per user, so each device searches its own slice of the batch
   (``shard_map`` over ``data``) and only the metric sums are added across devices.
@@ -101,8 +101,8 @@ def make_eval_step(model_graphdef, mesh, *, beam: int, max_children: tuple[int, 
 
   def local_step(model_state, batch, trie):
     model = nnx.merge(model_graphdef, model_state)
-    items, _ = decoding.beam_search(model, batch, trie, beam=beam,
-                                    max_children=max_children)
+    items, _ = decoding.recommend(model, batch, trie, beam=beam,
+                                 max_children=max_children)
     sums = metrics_lib.rank_metric_sums(items, batch["target_item"], batch["weight"], ks)
     return jax.tree.map(lambda x: jax.lax.psum(x, "data"), sums)
 

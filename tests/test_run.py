@@ -164,3 +164,22 @@ def test_tiger_beauty_tiny_through_the_entry_point(tmp_path):
   # The floor of SPEC §0, measured in the same evaluation.
   assert 0.06 < results["baselines/last_item/test/recall@10"] < 0.08
   assert results["test/recall@10"] >= 0.0
+
+
+def test_every_recipe_and_preset_validates():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from s2gr_jax import config_lib  # pylint: disable=g-import-not-at-top
+  recipes = sorted((ROOT / "configs").glob("*.py"))
+  assert len(recipes) >= 8
+  for path in recipes:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert "Command" in module.__doc__, path  # every recipe says how to run it
+    for arg in (None, "cpu", "tiny"):
+      try:
+        config = module.get_config(arg)
+      except ValueError as e:
+        assert "unknown preset" in str(e)
+        continue
+      config_lib.validate(config)

@@ -141,9 +141,8 @@ class Tiger(nnx.Module):
     hidden = self.decode(jnp.concatenate(inputs, axis=1), enc, enc_mask, rngs)
     return [self.level_logits(hidden[:, l], l) for l in range(levels)]
 
-  def loss(self, batch, rngs: nnx.Rngs | None = None):
-    """Mean over levels of the weighted cross-entropy; returns (loss, metrics)."""
-    logits = self.teacher_forced_logits(batch, rngs)
+  def reconstruction_loss(self, logits, batch):
+    """Mean over levels of the weighted cross-entropy (L_rec); returns (loss, metrics)."""
     w = batch["weight"]
     denom = jnp.maximum(w.sum(), 1.0)
     metrics, total = {}, 0.0
@@ -153,16 +152,26 @@ class Tiger(nnx.Module):
       metrics[f"ce_l{l}"] = ce
       metrics[f"acc_l{l}"] = ((lg.argmax(-1) == tgt) * w).sum() / denom
       total = total + ce
-    loss = total / len(logits)
+    rec = total / len(logits)
+    metrics["rec"] = rec
+    return rec, metrics
+
+  def loss(self, batch, rngs: nnx.Rngs | None = None):
+    """L_rec; returns (loss, metrics)."""
+    loss, metrics = self.reconstruction_loss(self.teacher_forced_logits(batch, rngs), batch)
     metrics["loss"] = loss
     return loss, metrics
 
   # --- cached decoding ---------------------------------------------------------------
 
+  def decode_positions(self) -> int:
+    """Decoder positions one item takes (the KV cache length)."""
+    return self.cfg.num_levels
+
   def start_decoding(self, batch, beam: int):
     enc, enc_mask = self.encode(batch)
     b = enc.shape[0]
-    s_max = self.cfg.num_levels
+    s_max = self.decode_positions()
     shape = (b, beam, s_max, self.cfg.num_heads, self.cfg.head_dim)
     cache = [(jnp.zeros(shape, enc.dtype), jnp.zeros(shape, enc.dtype))
              for _ in self.decoder]

@@ -49,6 +49,10 @@ def text_tokens(record: dict[str, Any] | None) -> list[str]:
   return sorted(set(tokens))
 
 
+# Part of the embedding cache key: bump it when ``item_sentence`` changes.
+SENTENCE_TEMPLATE = "t1"
+
+
 def item_sentence(record: dict[str, Any] | None) -> str:
   """The text a sentence encoder sees for one item: title, brand, categories."""
   if not record:
@@ -72,7 +76,7 @@ def text_embeddings(dataset, encoder_dir: str, cache_dir: str) -> np.ndarray:
   from s2gr_jax.sid import text_encoder  # pylint: disable=g-import-not-at-top
   folder = encoder_dir or text_encoder.default_checkpoint_dir()
   name = os.path.basename(os.path.normpath(folder))
-  path = os.path.join(cache_dir, f"{dataset.fingerprint}-{name}.npy")
+  path = os.path.join(cache_dir, f"{dataset.fingerprint}-{name}-{SENTENCE_TEMPLATE}.npy")
   if os.path.exists(path):
     log.info("Item text embeddings: reusing %s", path)
     return np.load(path)

@@ -124,6 +124,12 @@ class SidTable:
     return cls(codes=codes, codebook_sizes=sizes, semantic_levels=len(codebook_sizes),
                ordered=ordered, codebooks=codebooks)
 
+  @classmethod
+  def identity(cls, num_items: int) -> "SidTable":
+    """One level whose code is the item itself: for models that address items directly."""
+    return cls(codes=np.arange(num_items, dtype=np.int32)[:, None],
+               codebook_sizes=(num_items,), semantic_levels=1)
+
   @property
   def num_items(self) -> int:
     return self.codes.shape[0]

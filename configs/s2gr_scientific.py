@@ -1,0 +1,25 @@
+"""S²GR on Amazon Industrial & Scientific (2018 5-core; LC-Rec-style papers' "Scientific"), SPEC §0 protocol.
+
+TIGER's backbone (4+4 layers, d_model 128, 6×64 heads, MLP 1024, dropout 0.1) with one
+continuous thought before each SID level, supervised by k-means clusters (16) of that
+level's codebook (InfoNCE, τ 0.1), the first thought anchored to a half-depth auxiliary
+decoder (λ 0.1); SIDs from the CoBa RQ-VAE over all-MiniLM-L6-v2 item-text vectors.
+Ablations by flag: --config.model.thoughts_per_level=0 (TIGER), --config.model.align_weight=0,
+--config.model.anchor_layers=0, --config.model.num_clusters=K,
+--config.model.align_temperature=T, --config.model.reg_weight=L,
+--config.tokenizer.kind=rqvae (plain RQ-VAE).
+
+Commands:
+  S2GR_DATA_DIR=../shared/data python -m s2gr_jax.main \\
+      --config configs/s2gr_scientific.py --workdir runs/s2gr_scientific            # paper budget, GPU
+  ... --config configs/s2gr_scientific.py:cpu --workdir runs/s2gr_scientific_cpu   # reduced CPU budget
+  ... --config configs/s2gr_scientific.py:tiny --workdir /tmp/s2gr_scientific_tiny # minutes on a CPU
+
+Hardware, runtime and reached metrics: see the README results table (real runs only).
+"""
+
+from s2gr_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+  return config_lib.amazon_recipe("scientific", "s2gr", arg)

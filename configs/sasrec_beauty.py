@@ -1,0 +1,19 @@
+"""SASRec on Amazon Beauty (2014 5-core, S3-Rec preprocessing), SPEC §0 protocol: the baseline row.
+
+A causal transformer over item ids (2 layers, d 64, 2 heads, MLP 256, dropout 0.2),
+full-softmax cross-entropy, ranking the whole catalogue by dot product (no Semantic IDs).
+
+Commands:
+  S2GR_DATA_DIR=../shared/data python -m s2gr_jax.main \\
+      --config configs/sasrec_beauty.py --workdir runs/sasrec_beauty            # paper budget
+  ... --config configs/sasrec_beauty.py:cpu --workdir runs/sasrec_beauty_cpu   # reduced CPU budget
+  ... --config configs/sasrec_beauty.py:tiny --workdir /tmp/sasrec_beauty_tiny # minutes on a CPU
+
+Hardware, runtime and reached metrics: see the README results table (real runs only).
+"""
+
+from s2gr_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+  return config_lib.amazon_recipe("beauty", "sasrec", arg)
