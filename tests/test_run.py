@@ -183,3 +183,18 @@ def test_every_recipe_and_preset_validates():
         assert "unknown preset" in str(e)
         continue
       config_lib.validate(config)
+
+
+@pytest.mark.parametrize("model", ["s2gr", "sasrec"])
+def test_other_models_through_the_entry_point(tmp_path, model):
+  workdir = tmp_path / model
+  proc = main("--config", "configs/default.py:tiny", "--workdir", str(workdir), *TINY,
+              f"--config.model.name={model}", "--config.train.num_steps=20",
+              "--config.train.eval_every=20", "--config.model.num_clusters=4",
+              "--config.model.anchor_layers=1")
+  results = json.loads((workdir / "results.json").read_text())
+  assert 0.0 <= results["test/ndcg@10"] <= 1.0 and results["train/steps"] == 20
+  assert f"| {model} |" in proc.stdout
+  losses = [r for r in metric_writer.read_metrics(str(workdir)) if "train/loss" in r]
+  if model == "s2gr":  # every loss part is logged on its own
+    assert {"train/rec", "train/align", "train/nce", "train/reg"} <= set(losses[-1])
