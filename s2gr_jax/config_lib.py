@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
       window=3, propagation_hops=2, propagation_alpha=0.2, uniformity_weight=0.05,
       uniformity_percentile=10.0, balance_gamma=0.5, balance_eps=0.2, usage_decay=0.99,
       restart_every=100, restart_threshold=0.03))
+  c.tokenizer.from_workdir = ""  # reuse the SIDs of another run's workdir (same data)
   c.tokenize_only = False  # stop after writing workdir/sid (the tokenizer recipes)
 
   c.model = ml_collections.ConfigDict(dict(
@@ -144,9 +145,10 @@ def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.C
   """The shared recipe of ``configs/{tiger,s2gr,sasrec}_{beauty,scientific}.py``.
 
   Default: the paper budget (batch 256, 200k steps, selection on validation NDCG@10),
-  a GPU job. Presets: ``:cpu`` the reduced budget the README's CPU rows use (the same
-  for every model, so rows compare), ``:tiny`` a few minutes on a CPU (TF-IDF item
-  vectors, RQ-KMeans, small models, short training).
+  a GPU job. Presets: ``:cpu`` the paper model at a reduced budget (3,000 steps),
+  ``:compare`` small models at 1,500 steps (the README's CPU comparison of tokenizers
+  and models: the same budget for every row), ``:tiny`` a few minutes on a CPU (TF-IDF
+  item vectors, RQ-KMeans, small models, short training).
   """
   c = base_config()
   c.data.name = dataset
@@ -166,16 +168,25 @@ def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.C
                    eval_every=500, checkpoint_every=250, patience=4)
     c.eval.val_users = 3_000
 
-  def tiny(c):
-    c.tokenizer.update(embedding="text_tfidf", embedding_dim=64, kind="rqkmeans")
+  def small_model(c):
     if model != "sasrec":
       c.model.update(d_model=64, num_heads=4, head_dim=16, d_ff=256, encoder_layers=2,
                      decoder_layers=2, anchor_layers=1)
+
+  def tiny(c):
+    c.tokenizer.update(embedding="text_tfidf", embedding_dim=64, kind="rqkmeans")
+    small_model(c)
     c.train.update(num_steps=300, lr=3e-3, warmup_steps=30, log_every=50,
                    eval_every=150, checkpoint_every=150)
     c.eval.val_users = 1_000
 
-  return apply_preset(c, arg, {"cpu": cpu, "tiny": tiny})
+  def compare(c):  # the README's CPU comparison budget: small models, 1,500 steps
+    small_model(c)
+    c.train.update(num_steps=1_500, lr=3e-3, warmup_steps=150, log_every=100,
+                   eval_every=500, checkpoint_every=500, patience=4)
+    c.eval.val_users = 2_000
+
+  return apply_preset(c, arg, {"cpu": cpu, "tiny": tiny, "compare": compare})
 
 
 def apply_preset(config: ml_collections.ConfigDict, arg: str | None,

@@ -55,25 +55,33 @@ def beam_search(model, batch, trie: dict[str, Any], *, beam: int,
     item_ids int32[B, K] and scores float32[B, K], best first; slots beyond the number
     of reachable items hold item 0 and score -inf.
   """
-  state = model.start_decoding(batch, beam)
+  # Every beam starts at the root, so the first level runs one beam per user and the
+  # top-K of its children then fan out into K beams (the cache is gathered K times).
+  state = model.start_decoding(batch, 1)
   b = state["cross_mask"].shape[0]
-  node = jnp.zeros((b, beam), jnp.int32)  # every beam starts at the root...
-  score = jnp.full((b, beam), -jnp.inf).at[:, 0].set(0.0)  # ...but only one is alive
+  node = jnp.zeros((b, 1), jnp.int32)
+  score = jnp.zeros((b, 1))
   codes = None
   for level, width in enumerate(max_children):
-    log_probs, state = model.decode_level(state, codes, level)  # [B, K, V_level]
+    log_probs, state = model.decode_level(state, codes, level)  # [B, K_in, V_level]
+    k_in = node.shape[1]
     start = trie["child_start"][level][node]
     count = trie["child_count"][level][node]
     slot = jnp.arange(width)
-    valid = slot < count[..., None]  # [B, K, W]
+    valid = slot < count[..., None]  # [B, K_in, W]
     child = jnp.where(valid, start[..., None] + slot, 0)
     child_code = trie["node_code"][level][child]
     cand = score[..., None] + jnp.take_along_axis(log_probs, child_code, axis=-1)
-    cand = jnp.where(valid, cand, -jnp.inf).reshape(b, beam * width)
+    cand = jnp.where(valid, cand, -jnp.inf).reshape(b, k_in * width)
+    child, child_code = child.reshape(b, -1), child_code.reshape(b, -1)
+    if k_in * width < beam:  # fewer candidates than beams: pad with dead ones
+      pad = ((0, 0), (0, beam - k_in * width))
+      cand = jnp.pad(cand, pad, constant_values=-jnp.inf)
+      child, child_code = jnp.pad(child, pad), jnp.pad(child_code, pad)
     score, top = jax.lax.top_k(cand, beam)
-    parent = top // width
-    node = jnp.take_along_axis(child.reshape(b, -1), top, axis=1)
-    codes = jnp.take_along_axis(child_code.reshape(b, -1), top, axis=1)
+    parent = jnp.minimum(top // width, k_in - 1)
+    node = jnp.take_along_axis(child, top, axis=1)
+    codes = jnp.take_along_axis(child_code, top, axis=1)
     state = dict(state, per_beam=_gather_beams(state["per_beam"], parent))
   items = jnp.where(jnp.isfinite(score), trie["leaf_item"][node], 0)
   return items, score

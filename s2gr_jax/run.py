@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import time
 
@@ -95,6 +96,8 @@ def semantic_ids(config, dataset: datasets.SequenceDataset, split, workdir: str,
     log.info("Model %s ranks items directly: no tokenizer stage", config.model.name)
     return table_lib.SidTable.identity(dataset.num_items)
   sid_dir = os.path.join(workdir, "sid")
+  if config.tokenizer.from_workdir:
+    return _reuse_semantic_ids(config.tokenizer.from_workdir, dataset, sid_dir)
   key = {"tokenizer": config.tokenizer.to_dict(), "dataset": dataset.fingerprint,
          "num_items": dataset.num_items}
   key_path = os.path.join(sid_dir, "fingerprint.json")
@@ -142,6 +145,28 @@ def semantic_ids(config, dataset: datasets.SequenceDataset, split, workdir: str,
            [round(p, 1) for p in stats["perplexity"]], stats["collision_rate"],
            stats["unique_sid_share"],
            table.codebook_sizes[table.semantic_levels:] or "none", stats["wall_s"])
+  return table
+
+
+def _reuse_semantic_ids(source_workdir: str, dataset, sid_dir: str) -> table_lib.SidTable:
+  """Loads the SIDs another run built (``tokenizer.from_workdir``) for the same data."""
+  source = os.path.join(source_workdir, "sid")
+  key_path = os.path.join(source, "fingerprint.json")
+  if not os.path.exists(key_path):
+    raise FileNotFoundError(f"tokenizer.from_workdir: no Semantic IDs in {source} "
+                            "(expected fingerprint.json and sid_table.npz)")
+  with open(key_path) as f:
+    key = json.load(f)
+  if key["dataset"] != dataset.fingerprint or key["num_items"] != dataset.num_items:
+    raise ValueError(f"tokenizer.from_workdir: {source} was built for dataset "
+                     f"{key['dataset']}, this run uses {dataset.fingerprint}")
+  table = table_lib.SidTable.load(source)
+  if jax.process_index() == 0 and os.path.abspath(source) != os.path.abspath(sid_dir):
+    table.save(sid_dir)
+    _write_json(os.path.join(sid_dir, "fingerprint.json"), dict(key, copied_from=source))
+    shutil.copy(os.path.join(source, diagnostics.STATS_FILE), sid_dir)
+  log.info("Semantic IDs: reusing %s (%s, %d levels, sizes %s)", source,
+           key["tokenizer"]["kind"], table.num_levels, table.codebook_sizes)
   return table
 
 

@@ -32,18 +32,40 @@ def setup():
   return table, make_s2gr(table), factories.batch(table, batch_size=3)
 
 
-def test_recurrence_shapes_and_causality(setup):
-  table, model, batch = setup
+def reference_recurrence(model, batch):
+  """An independent path: full decoder passes over ever longer inputs, no cache."""
   enc, mask = model.encode(batch)
-  inputs, thoughts = model._thought_inputs(batch, enc, mask, None)
+  target = batch["target_codes"]
+  m, levels = model.cfg.thoughts_per_level, model.cfg.num_levels
+  inputs, thoughts = [], []
+  for level in range(levels):
+    inputs.append(model.bos((target.shape[0],)) if level == 0
+                  else model.embed_codes(target[:, level - 1], level - 1))
+    for j in range(m):
+      h = model.decode(jnp.stack(inputs, 1), enc, mask)[:, -1]
+      inputs.append(h + model.thought_pos[...][level, j])
+      thoughts.append(inputs[-1])
+  hidden = model.decode(jnp.stack(inputs, 1), enc, mask)
+  logits = [model.level_logits(hidden[:, (l + 1) * (1 + m) - 1], l) for l in range(levels)]
+  return logits, thoughts
+
+
+def test_recurrence_shapes_causality_and_reference(setup):
+  table, model, batch = setup
+  logits, thoughts, _, _ = model.recurrence(batch)
   levels = table.num_levels
-  assert inputs.shape == (3, 2 * levels, 32)
   assert len(thoughts) == levels and thoughts[0][0].shape == (3, 32)
+  assert [lg.shape for lg in logits] == [(3, s) for s in table.codebook_sizes]
+  ref_logits, ref_thoughts = reference_recurrence(model, batch)
+  for a, b in zip(logits, ref_logits):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+  for a, b in zip([t for level in thoughts for t in level], ref_thoughts):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
   # Changing the code of level 2 leaves the thoughts of levels 0..2 untouched and
   # changes the thought of level 3 (which reads s_2).
   changed = dict(batch, target_codes=batch["target_codes"].at[:, 2].set(
       (batch["target_codes"][:, 2] + 1) % table.codebook_sizes[2]))
-  _, thoughts2 = model._thought_inputs(changed, enc, mask, None)
+  _, thoughts2, _, _ = model.recurrence(changed)
   for level in range(3):
     np.testing.assert_array_equal(np.asarray(thoughts[level][0]),
                                   np.asarray(thoughts2[level][0]))
@@ -56,12 +78,15 @@ def test_more_thoughts_per_level():
   batch = factories.batch(table)
   assert model.decode_positions() == 3 * table.num_levels
   logits = model.teacher_forced_logits(batch)
+  ref_logits, _ = reference_recurrence(model, batch)
   state = model.start_decoding(batch, 1)
   codes = None
   for level in range(table.num_levels):
     log_probs, state = model.decode_level(state, codes, level)
     np.testing.assert_allclose(np.asarray(log_probs[:, 0]),
                                np.asarray(jax.nn.log_softmax(logits[level])), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(logits[level]), np.asarray(ref_logits[level]),
+                               atol=2e-5)
     codes = batch["target_codes"][:, level:level + 1]
 
 

@@ -170,29 +170,31 @@ class DecoderLayer(nnx.Module):
     x = x + self.drop(h, rngs)
     return self._cross_and_mlp(x, cross_kv, cross_mask, rngs)
 
-  def step(self, x, cache, pos, cross_kv, cross_mask, self_bias):
-    """One cached decoding position for a grid of beams.
+  def step(self, x, cache, pos, cross_kv, cross_mask, self_bias, rngs=None):
+    """Cached decoding of Q consecutive positions for a grid of beams.
 
     Args:
-      x: [B, K, d], the input embedding at position ``pos`` of each of K beams.
+      x: [B, K, Q, d], the inputs at positions ``pos .. pos+Q-1`` of each of K beams.
       cache: (keys, values), each [B, K, S_max, heads, head_dim].
-      pos: the position being decoded (a Python int: decoding is unrolled).
+      pos: the first position (a Python int: decoding is unrolled).
       cross_kv: encoder keys/values [B, T, heads, head_dim], shared by a user's beams
-        (the K beams act as K query rows, so nothing is copied per beam).
+        (the K×Q rows act as queries, so nothing is copied per beam).
       cross_mask: bool[B, 1, 1, T].
       self_bias: [heads, S_max, S_max] decoder position bias.
+      rngs: dropout (teacher-forced training through the cache), or None.
     Returns:
-      x [B, K, d] and the updated cache.
+      x [B, K, Q, d] and the updated cache.
     """
-    b, kb, d = x.shape
+    b, kb, q, d = x.shape
     h = self.norm1(x)
-    k_new, v_new = self.self_attn.project_kv(h)  # [B, K, heads, head_dim]
-    keys = cache[0].at[:, :, pos].set(k_new.astype(cache[0].dtype))
-    values = cache[1].at[:, :, pos].set(v_new.astype(cache[1].dtype))
+    k_new, v_new = self.self_attn.project_kv(h)  # [B, K, Q, heads, head_dim]
+    keys = cache[0].at[:, :, pos:pos + q].set(k_new.astype(cache[0].dtype))
+    values = cache[1].at[:, :, pos:pos + q].set(v_new.astype(cache[1].dtype))
     s_max = keys.shape[2]
-    visible = (jnp.arange(s_max) <= pos)[None, None, None, :]
+    visible = jnp.arange(s_max)[None, :] <= (pos + jnp.arange(q))[:, None]  # [Q, S]
     flat = lambda a: a.reshape((b * kb,) + a.shape[2:])
-    h = self.self_attn.attend(flat(h)[:, None], flat(keys), flat(values), mask=visible,
-                              bias=self_bias[None, :, pos:pos + 1, :])
-    x = x + h.reshape(b, kb, d)
-    return self._cross_and_mlp(x, cross_kv, cross_mask, None), (keys, values)
+    h = self.self_attn.attend(flat(h), flat(keys), flat(values), mask=visible[None, None],
+                              bias=self_bias[None, :, pos:pos + q, :])
+    x = x + self.drop(h.reshape(b, kb, q, d), rngs)
+    x = self._cross_and_mlp(x.reshape(b, kb * q, d), cross_kv, cross_mask, rngs)
+    return x.reshape(b, kb, q, d), (keys, values)

@@ -10,10 +10,10 @@ and the state at t_l^m predicts s_l. A thought is fed back as the next input
 embedding, never sampled, so it never widens the beam.
 
 Training (teacher forcing with the exact recurrence): a thought depends on the decoder's
-output at the position before it, so the thoughts are produced by short sequential
-passes (one per thought) and a final pass over all positions gives the logits; gradients
-flow through every thought. Decoding runs the same positions one by one with the KV
-cache (``1 + m`` cached steps per level).
+output at the position before it, so positions go through the KV cache in short
+sequential chunks (``recurrence``), with dropout, and gradients flow through every
+thought; the decoder evaluates 2 positions per level where TIGER evaluates 1. Beam
+decoding runs the same positions one cached step at a time (``1 + m`` per level).
 
 Losses: L_rec (cross-entropy of every level) + align_weight · Σ_l L_align(l)
 + nce_weight · L_nce + reg_weight · L_reg, where
@@ -132,45 +132,50 @@ class S2gr(tiger.Tiger):
 
   # --- teacher forcing ---------------------------------------------------------------
 
-  def _thought_inputs(self, batch, enc, enc_mask, rngs):
-    """Runs the recurrence; returns decoder inputs [B, S, d] and thoughts [L, m, B, d]."""
+  def recurrence(self, batch, rngs: nnx.Rngs | None = None):
+    """The teacher-forced thought recurrence through the KV cache.
+
+    Positions are fed in the fewest sequential chunks the recurrence allows: a chunk
+    holds the newest thought and, when a level is complete, the next code's embedding
+    (both known by then), so L·m + 1 cached steps of one or two positions each.
+
+    Returns:
+      logits per level [B, V_l], thoughts per level (lists of [B, d]), and the
+      encoder output with its mask.
+    """
     cfg = self.cfg
+    enc, enc_mask = self.encode(batch, rngs)
+    state = self.init_decoding(enc, enc_mask, 1)
     target = batch["target_codes"]
-    b = target.shape[0]
-    inputs, thoughts = [], []
+    pending = [self.bos((target.shape[0],))]  # inputs of the next chunk, [B, d] each
+    pos, logits, thoughts = 0, [], []
     for level in range(cfg.num_levels):
-      x = self.bos((b,)) if level == 0 else self.embed_codes(target[:, level - 1],
-                                                             level - 1)
-      inputs.append(x)
       level_thoughts = []
       for j in range(cfg.thoughts_per_level):
-        h = self.decode(jnp.stack(inputs, 1), enc, enc_mask, rngs)[:, -1]
-        t = h + self.thought_pos[...][level, j].astype(h.dtype)
-        inputs.append(t)
+        hidden, state = self.decode_step(state, jnp.stack(pending, 1)[:, None], pos, rngs)
+        pos += len(pending)
+        if level > 0 and j == 0:  # the first row was the previous level's last thought
+          logits.append(self.level_logits(hidden[:, 0, 0], level - 1))
+        t = hidden[:, 0, -1] + self.thought_pos[...][level, j].astype(hidden.dtype)
         level_thoughts.append(t)
+        pending = [t]
       thoughts.append(level_thoughts)
-    return jnp.stack(inputs, 1), thoughts
+      if level + 1 < cfg.num_levels:
+        pending.append(self.embed_codes(target[:, level], level))
+    hidden, state = self.decode_step(state, jnp.stack(pending, 1)[:, None], pos, rngs)
+    logits.append(self.level_logits(hidden[:, 0, 0], cfg.num_levels - 1))
+    return logits, thoughts, enc, enc_mask
 
-  def teacher_forced_logits(self, batch, rngs: nnx.Rngs | None = None, *,
-                            return_parts: bool = False):
+  def teacher_forced_logits(self, batch, rngs: nnx.Rngs | None = None):
     if self.cfg.thoughts_per_level == 0:
       return super().teacher_forced_logits(batch, rngs)
-    enc, enc_mask = self.encode(batch, rngs)
-    inputs, thoughts = self._thought_inputs(batch, enc, enc_mask, rngs)
-    hidden = self.decode(inputs, enc, enc_mask, rngs)
-    step = self.cfg.positions_per_level
-    logits = [self.level_logits(hidden[:, (l + 1) * step - 1], l)
-              for l in range(self.cfg.num_levels)]
-    if return_parts:
-      return logits, thoughts, enc, enc_mask
-    return logits
+    return self.recurrence(batch, rngs)[0]
 
   def loss(self, batch, rngs: nnx.Rngs | None = None):
     cfg = self.cfg
     if cfg.thoughts_per_level == 0:
       return super().loss(batch, rngs)
-    logits, thoughts, enc, enc_mask = self.teacher_forced_logits(
-        batch, rngs, return_parts=True)
+    logits, thoughts, enc, enc_mask = self.recurrence(batch, rngs)
     rec, metrics = self.reconstruction_loss(logits, batch)
     w = batch["weight"]
     denom = jnp.maximum(w.sum(), 1.0)

@@ -169,7 +169,10 @@ class Tiger(nnx.Module):
     return self.cfg.num_levels
 
   def start_decoding(self, batch, beam: int):
-    enc, enc_mask = self.encode(batch)
+    return self.init_decoding(*self.encode(batch), beam)
+
+  def init_decoding(self, enc, enc_mask, beam: int):
+    """Decoding state for ``beam`` beams per user over encoder states [B, T, d]."""
     b = enc.shape[0]
     s_max = self.decode_positions()
     shape = (b, beam, s_max, self.cfg.num_heads, self.cfg.head_dim)
@@ -182,15 +185,20 @@ class Tiger(nnx.Module):
         "bias": self.dec_bias(s_max, s_max),
     }
 
-  def decode_step(self, state, x: jax.Array, pos: int):
-    """Runs decoder position ``pos`` for input embeddings x [B, K, d] → hidden [B, K, d]."""
+  def decode_step(self, state, x: jax.Array, pos: int, rngs: nnx.Rngs | None = None):
+    """Decoder positions ``pos ..`` for inputs x [B, K, d] or [B, K, Q, d] → hidden, same shape."""
+    single = x.ndim == 3
+    if single:
+      x = x[:, :, None]
+    x = self.drop(x, rngs)  # as in ``decode``: dropout on the decoder inputs
     caches = []
     for layer, cache, cross in zip(self.decoder, state["per_beam"]["cache"],
                                    state["cross"]):
-      x, cache = layer.step(x, cache, pos, cross, state["cross_mask"], state["bias"])
+      x, cache = layer.step(x, cache, pos, cross, state["cross_mask"], state["bias"], rngs)
       caches.append(cache)
     state = dict(state, per_beam=dict(state["per_beam"], cache=caches))
-    return self.dec_norm(x), state
+    x = self.drop(self.dec_norm(x), rngs)
+    return (x[:, :, 0] if single else x), state
 
   def decode_level(self, state, prev_codes: jax.Array | None, level: int):
     """Log-probs [B, K, V_level] of level ``level`` given the beams' previous codes."""

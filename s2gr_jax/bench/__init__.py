@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): ``python -m s2gr_jax.bench --suite NAME --out FILE.json``."""
