@@ -237,8 +237,8 @@ def _train_and_evaluate(config, workdir, mesh, dataset, split, table, ckpts,
   eval_step = train_lib.make_eval_step(
       model_graphdef, mesh, beam=config.eval.beam_size, max_children=prefix_index.max_children,
       ks=tuple(config.eval.ks))
-  evaluate = lambda model_state, batches: train_lib.evaluate(
-      eval_step, model_state, batches, trie, mesh)
+  evaluate = lambda model_state, batches, **kw: train_lib.evaluate(
+      eval_step, model_state, batches, trie, mesh, **kw)
 
   # Train (or resume).
   loop = train_lib.train_loop(
@@ -261,7 +261,9 @@ def final_evaluation(config, workdir, loop, ckpts, pipes, split, dataset, evalua
     model_state, _ = ckpts.restore_best(model_state)
   t0 = time.time()
   batches = {s: pipes.eval_batches(s, eval_bs) for s in ("val", "test")}
-  model_metrics = {s: evaluate(model_state, b) for s, b in batches.items()}
+  model_metrics, by_length = {}, {}
+  for s, b in batches.items():
+    model_metrics[s], by_length[s] = evaluate(model_state, b, by_length=True)
   eval_s = time.time() - t0
   base = baselines_lib.Baselines(split.training_histories(dataset.sequences),
                                  dataset.num_items)
@@ -270,6 +272,10 @@ def final_evaluation(config, workdir, loop, ckpts, pipes, split, dataset, evalua
   results = {}
   for s in ("val", "test"):
     results.update({f"{s}/{k}": v for k, v in model_metrics[s].items()})
+    # By history-length bucket (items), e.g. test_by_history/5/ndcg@10: histories of
+    # 4-5 items when the buckets are (3, 5, ...).
+    for length, m in by_length[s].items():
+      results.update({f"{s}_by_history/{length}/{k}": v for k, v in m.items()})
     for name, m in base_metrics[s].items():
       results.update({f"baselines/{name}/{s}/{k}": v for k, v in m.items()})
   results.update({

@@ -110,20 +110,35 @@ def make_eval_step(model_graphdef, mesh, *, beam: int, max_children: tuple[int, 
                                out_specs=P()))
 
 
-def evaluate(eval_step, model_state, batches, trie, mesh) -> dict[str, float]:
-  """Metrics over evaluation batches.
+def evaluate(eval_step, model_state, batches, trie, mesh, *, by_length: bool = False):
+  """Metrics over evaluation batches (and per history-length bucket if ``by_length``).
 
   One batch is in flight while the previous one's sums come back: the device never
   waits for the host, and the queue of dispatched work stays short.
+
+  Returns:
+    metrics, or (metrics, {bucket length: metrics}) with ``by_length``.
   """
-  total, pending = None, None
+  sums: dict[int, dict] = {}
+
+  def collect(length, out):
+    sums[length] = metrics_lib.add(sums.get(length), jax.device_get(out))
+
+  pending = None
   for batch in batches:
     out = eval_step(model_state, parallel.shard_batch(batch, mesh), trie)
     if pending is not None:
-      total = metrics_lib.add(total, jax.device_get(pending))
-    pending = out
-  total = metrics_lib.add(total, jax.device_get(pending))
-  return metrics_lib.finalize(total)
+      collect(*pending)
+    pending = (batch["history_items"].shape[1], out)
+  collect(*pending)
+  total = None
+  for part in sums.values():
+    total = metrics_lib.add(total, part)
+  overall = metrics_lib.finalize(total)
+  if not by_length:
+    return overall
+  return overall, {length: dict(metrics_lib.finalize(s), users=int(s["count"]))
+                   for length, s in sorted(sums.items()) if float(s["count"]) > 0}
 
 
 # --- the loop ---------------------------------------------------------------------------

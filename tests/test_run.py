@@ -131,7 +131,16 @@ def test_two_runs_with_one_seed_match_and_seeds_differ(tmp_path):
   assert train_losses(str(tmp_path / "a")) == train_losses(str(tmp_path / "b"))
   assert a["test/ndcg@10"] == b["test/ndcg@10"]
   assert train_losses(str(tmp_path / "a")) != train_losses(str(tmp_path / "c"))
-  del c
+  # The report groups runs that differ only in their seed: one row, mean ± s.e.
+  from s2gr_jax import report  # pylint: disable=g-import-not-at-top
+  text = report.write_report([str(tmp_path / n) for n in "abc"], str(tmp_path / "rep"))
+  row = next(l for l in text.splitlines() if "| tiger · rqkmeans | 3 |" in l)
+  values = [a["test/ndcg@10"], b["test/ndcg@10"], c["test/ndcg@10"]]
+  mean, se = report.mean_se(values)
+  assert f"{mean:.4f} ± {se:.4f}" in row
+  assert "| last_item |" in text and "| popularity |" in text
+  for png in ("curves.png", "codebooks.png", "by_history.png"):
+    assert (tmp_path / "rep" / png).stat().st_size > 1000
 
 
 def test_one_and_eight_devices_train_alike(tmp_path):
