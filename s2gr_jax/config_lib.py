@@ -74,7 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
       beam_size=20, batch_size=256, ks=(1, 5, 10, 20), val_users=0,
       select_metric="ndcg@10"))
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1))
+  # Device mesh (one size may be -1: the rest); rules: ((path regex, axes per dim), ...),
+  # empty = parallel.DEFAULT_RULES. See s2gr_jax/parallel.py.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules=()))
   c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2))
   return c
 

@@ -21,8 +21,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if it "
                                "holds checkpoints). Local path or gs://.")
-_MULTIPROCESS = flags.DEFINE_bool("multiprocess", False, "Call jax.distributed.initialize() "
-                                  "(multi-host TPU/GPU; settings from the environment).")
+_MULTIPROCESS = flags.DEFINE_bool(
+    "multiprocess", False, "Join a multi-host run with jax.distributed.initialize() "
+    "(auto-detected on Cloud TPU and SLURM, else JAX_COORDINATOR_ADDRESS, "
+    "JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,6 +40,22 @@ def setup_logging() -> None:
   logger.propagate = False
 
 
+def initialize_distributed() -> None:
+  """``jax.distributed.initialize``: auto-detected on Cloud TPU and SLURM; elsewhere from
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (, JAX_LOCAL_DEVICE_IDS)."""
+  env = os.environ
+  kwargs = {}
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
+  if env.get("JAX_NUM_PROCESSES"):
+    kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+  if env.get("JAX_PROCESS_ID"):
+    kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+  if env.get("JAX_LOCAL_DEVICE_IDS"):
+    kwargs["local_device_ids"] = [int(i) for i in env["JAX_LOCAL_DEVICE_IDS"].split(",")]
+  jax.distributed.initialize(**kwargs)
+
+
 def enable_compilation_cache() -> None:
   """Reuse compiled steps across runs (``$JAX_COMPILATION_CACHE_DIR`` wins if set)."""
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
@@ -49,7 +67,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _MULTIPROCESS.value:
-    jax.distributed.initialize()
+    initialize_distributed()
   jax.config.update("jax_threefry_partitionable", True)
   enable_compilation_cache()
   setup_logging()

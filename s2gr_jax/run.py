@@ -229,7 +229,8 @@ def _train_and_evaluate(config, workdir, mesh, dataset, split, table, ckpts,
                                     user_buckets=config.data.user_buckets,
                                     max_history=config.data.max_history)
   graphdef, model_graphdef, state = train_lib.create_state(
-      make_model, train_lib.make_optimizer(config.train), config.seed, mesh)
+      make_model, train_lib.make_optimizer(config.train), config.seed, mesh,
+      parallel.rules_from_config(config.mesh))
   log.info("Model %s: %s parameters", config.model.name,
            f"{train_lib.param_count(state):,}")
   prefix_index = table.prefix_index()

@@ -45,11 +45,12 @@ def make_optimizer(tcfg) -> optax.GradientTransformation:
 # --- state, built shape-first -----------------------------------------------------------
 
 def create_state(make_model: Callable[[nnx.Rngs], nnx.Module],
-                 tx: optax.GradientTransformation, seed: int, mesh):
+                 tx: optax.GradientTransformation, seed: int, mesh,
+                 rules=parallel.DEFAULT_RULES):
   """Graph definitions and the state of (model, optimizer), created on the mesh.
 
   ``nnx.eval_shape`` gives the structure without allocating; one jitted init then
-  materialises every array with its target sharding (replicated for now).
+  materialises every array directly with its sharding from ``rules``.
 
   Returns:
     graphdef of (model, optimizer), graphdef of the model alone, and the state;
@@ -62,7 +63,7 @@ def create_state(make_model: Callable[[nnx.Rngs], nnx.Module],
   abstract_model, abstract_opt = nnx.eval_shape(init)
   graphdef, abstract = nnx.split((abstract_model, abstract_opt))
   model_graphdef = nnx.split(abstract_model)[0]
-  shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
+  shardings = parallel.state_shardings(abstract, mesh, rules)
   state = jax.jit(lambda: nnx.split(init())[1], out_shardings=shardings)()
   return graphdef, model_graphdef, state
 
@@ -96,7 +97,8 @@ def make_eval_step(model_graphdef, mesh, *, beam: int, max_children: tuple[int, 
   """Ranking + metric sums for one batch: (model_state, batch, trie) → sums.
 
   Decoding is independent per user, so each device searches its own slice of the batch
-  (``shard_map`` over ``data``) and only the metric sums are added across devices.
+  (``shard_map`` over the batch axes; parameters are gathered whole into it) and only
+  the metric sums are added across devices.
   """
 
   def local_step(model_state, batch, trie):
@@ -104,9 +106,10 @@ def make_eval_step(model_graphdef, mesh, *, beam: int, max_children: tuple[int, 
     items, _ = decoding.recommend(model, batch, trie, beam=beam,
                                  max_children=max_children)
     sums = metrics_lib.rank_metric_sums(items, batch["target_item"], batch["weight"], ks)
-    return jax.tree.map(lambda x: jax.lax.psum(x, "data"), sums)
+    return jax.tree.map(lambda x: jax.lax.psum(x, parallel.BATCH_AXES), sums)
 
-  return jax.jit(jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P("data"), P()),
+  batch = P(parallel.BATCH_AXES)
+  return jax.jit(jax.shard_map(local_step, mesh=mesh, in_specs=(P(), batch, P()),
                                out_specs=P()))
 
 
