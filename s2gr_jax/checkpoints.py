@@ -6,16 +6,24 @@
   same workdir resumes from here (precedence: resume > scratch).
 * ``best/``: model state only, whenever the validation selection metric improves; the
   final test uses it.
+
+Saves are asynchronous (Orbax writes in the background and commits atomically, so a
+run killed mid-save leaves the previous checkpoint as the latest complete one). A
+checkpoint that fails to restore (corrupted files) is skipped with a warning in favour
+of the one before it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
 
 
 def abstract_like(tree) -> Any:
@@ -45,13 +53,28 @@ class Checkpoints:
         meta=ocp.args.JsonSave(meta)), force=True)
 
   def restore_last(self, state_like, data_iter) -> tuple[Any, dict]:
-    """Restores onto the shardings of ``state_like``; moves ``data_iter`` in place."""
-    step = self.last.latest_step()
-    restored = self.last.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_like(state_like)),
-        data=grain.checkpoint.CheckpointRestore(data_iter),
-        meta=ocp.args.JsonRestore()))
-    return restored["state"], dict(restored["meta"])
+    """Restores the newest readable checkpoint onto the shardings of ``state_like``
+    and moves ``data_iter`` to its position; older ones are tried when it fails."""
+    steps = sorted(self.last.all_steps(), reverse=True)
+    errors = []
+    for step in steps:
+      try:
+        restored = self.last.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_like(state_like)),
+            data=grain.checkpoint.CheckpointRestore(data_iter),
+            meta=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except  (any unreadable file)
+        log.warning("Checkpoint at step %d cannot be restored (%s: %s); trying the "
+                    "previous one", step, type(e).__name__, str(e).splitlines()[0][:200])
+        errors.append(f"step {step}: {e}")
+        continue
+      if errors:
+        # Keep the unreadable ones from being picked again when the run saves next.
+        for bad in steps[:len(errors)]:
+          self.last.delete(bad)
+      return restored["state"], dict(restored["meta"])
+    raise RuntimeError("no checkpoint in " + str(self.last.directory) + " can be "
+                       "restored:\n" + "\n".join(errors))
 
   def save_best(self, step: int, model_state, meta: dict) -> None:
     self.best.save(step, args=ocp.args.Composite(

@@ -7,10 +7,11 @@ Read top to bottom: optimizer → shape-first state → train step → eval step
 from __future__ import annotations
 
 import dataclasses
+import logging
+import signal
 import time
 from typing import Any, Callable
 
-import logging
 from flax import nnx
 import jax
 import numpy as np
@@ -166,6 +167,38 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+class StopSignals:
+  """Turns SIGTERM (and multi-host preemption notices) into a save-and-stop request."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    log.warning("SIGTERM: saving a checkpoint after this step, then stopping")
+    self.requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      if multihost_utils.reached_preemption_sync_point(step):
+        log.warning("Preemption notice: saving at step %d, then stopping", step)
+        self.requested = True
+    return self.requested
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
 def train_loop(config, *, graphdef, state, mesh, train_ds,
                validate: Callable[[Any], dict[str, float]],
                ckpts: ckpt_lib.Checkpoints, writer, examples_per_step: int) -> LoopResult:
@@ -191,73 +224,86 @@ def train_loop(config, *, graphdef, state, mesh, train_ds,
   done = lambda: step >= tcfg.num_steps or meta["stopped_early"]
   stop_at = tcfg.stop_at_step if tcfg.stop_at_step >= 0 else None
 
+  # The metrics of steps since the last progress line travel with the checkpoint, so a
+  # resumed run logs the same averages as an uninterrupted one.
+  window: list[dict] = meta.pop("window", [])
+
   def save_last():
-    ckpts.save_last(step, state, data_iter, dict(meta, step=step))
+    logged = [{k: float(v) for k, v in m.items()} for m in window]
+    ckpts.save_last(step, state, data_iter, dict(meta, step=step, window=logged))
 
   seen_shapes: set[tuple[int, ...]] = set()
-  window: list[dict] = []
+  timed = 0  # steps run by this process since the last progress line
   window_start, run_start = time.time(), time.time()
   wall_at_start = float(meta["train_wall_s"])
   pending = None  # (step, metrics) of the previous step: checked one step late
-  while not done():
-    if stop_at is not None and step >= stop_at:
-      log.info("Stopping at step %d (train.stop_at_step); rerun to continue.", step)
-      break
-    batch = parallel.shard_batch(next(data_iter), mesh)
-    shape = tuple(batch["history_codes"].shape)
-    if shape not in seen_shapes:
-      seen_shapes.add(shape)
-      log.info("Compiling the train step for batch shape %s ...", shape)
-      t0 = time.time()
-      state, step_metrics = train_step(state, batch, base_key)
-      jax.block_until_ready(step_metrics)
-      log.info("  compiled and ran in %.1f s", time.time() - t0)
-      window_start += time.time() - t0  # keep compile time out of the throughput
-    else:
-      state, step_metrics = train_step(state, batch, base_key)
-    step += 1
-    if pending is not None:
-      _check_finite(*pending, ckpts)
-    pending = (step, step_metrics)
-    window.append(step_metrics)
-
-    if step % tcfg.log_every == 0 or step == tcfg.num_steps:
-      _check_finite(*pending, ckpts)
-      means = {f"train/{k}": float(np.mean([float(m[k]) for m in window]))
-               for k in window[0]}
-      elapsed = max(time.time() - window_start, 1e-9)
-      rate = len(window) / elapsed
-      means["perf/steps_per_s"] = rate
-      means["perf/examples_per_s"] = rate * examples_per_step
-      writer.write(step, means)
-      log.info("step %d/%d | loss %.4f | %.2f steps/s | %.0f ex/s | ETA %s",
-                   step, tcfg.num_steps, means["train/loss"], rate,
-                   rate * examples_per_step, _format_eta((tcfg.num_steps - step) / rate))
-      window, window_start = [], time.time()
-
-    if step % tcfg.eval_every == 0 or step == tcfg.num_steps:
-      t0 = time.time()
-      val = validate(state[0])
-      eval_s = time.time() - t0
-      writer.write(step, {**{f"val/{k}": v for k, v in val.items()},
-                          "perf/val_s": eval_s})
-      improved = val[select] > meta["best_metric"]
-      if improved:
-        meta.update(best_metric=val[select], best_step=step, evals_since_best=0)
-        ckpts.save_best(step, state[0], {"step": step, "val": val})
+  with StopSignals() as signals:
+    while not done():
+      if stop_at is not None and step >= stop_at:
+        log.info("Stopping at step %d (train.stop_at_step); rerun to continue.", step)
+        break
+      batch = parallel.shard_batch(next(data_iter), mesh)
+      shape = tuple(batch["history_codes"].shape)
+      if shape not in seen_shapes:
+        seen_shapes.add(shape)
+        log.info("Compiling the train step for batch shape %s ...", shape)
+        t0 = time.time()
+        state, step_metrics = train_step(state, batch, base_key)
+        jax.block_until_ready(step_metrics)
+        log.info("  compiled and ran in %.1f s", time.time() - t0)
+        window_start += time.time() - t0  # keep compile time out of the throughput
       else:
-        meta["evals_since_best"] += 1
-        if 0 < tcfg.patience <= meta["evals_since_best"]:
-          meta["stopped_early"] = True
-      log.info("val @ %d: %s | best %s %.4f @ %d%s | %.1f s", step,
-                   " ".join(f"{k} {v:.4f}" for k, v in val.items() if "@10" in k),
-                   select, meta["best_metric"], meta["best_step"],
-                   " (early stop)" if meta["stopped_early"] else "", eval_s)
-      window_start += time.time() - t0
+        state, step_metrics = train_step(state, batch, base_key)
+      step += 1
+      if pending is not None:
+        _check_finite(*pending, ckpts)
+      pending = (step, step_metrics)
+      window.append(step_metrics)
+      timed += 1
 
-    meta["train_wall_s"] = wall_at_start + time.time() - run_start
-    if step % tcfg.checkpoint_every == 0 or done() or step == stop_at:
-      save_last()
+      if step % tcfg.log_every == 0 or step == tcfg.num_steps:
+        _check_finite(*pending, ckpts)
+        means = {f"train/{k}": float(np.mean([float(m[k]) for m in window]))
+                 for k in window[0]}
+        elapsed = max(time.time() - window_start, 1e-9)
+        rate = timed / elapsed
+        means["perf/steps_per_s"] = rate
+        means["perf/examples_per_s"] = rate * examples_per_step
+        writer.write(step, means)
+        log.info("step %d/%d | loss %.4f | %.2f steps/s | %.0f ex/s | ETA %s",
+                 step, tcfg.num_steps, means["train/loss"], rate, rate * examples_per_step,
+                 _format_eta((tcfg.num_steps - step) / rate))
+        window, timed, window_start = [], 0, time.time()
+
+      if step % tcfg.eval_every == 0 or step == tcfg.num_steps:
+        t0 = time.time()
+        val = validate(state[0])
+        eval_s = time.time() - t0
+        writer.write(step, {**{f"val/{k}": v for k, v in val.items()},
+                            "perf/val_s": eval_s})
+        improved = val[select] > meta["best_metric"]
+        if improved:
+          meta.update(best_metric=val[select], best_step=step, evals_since_best=0)
+          ckpts.save_best(step, state[0], {"step": step, "val": val})
+        else:
+          meta["evals_since_best"] += 1
+          if 0 < tcfg.patience <= meta["evals_since_best"]:
+            meta["stopped_early"] = True
+        log.info("val @ %d: %s | best %s %.4f @ %d%s | %.1f s", step,
+                 " ".join(f"{k} {v:.4f}" for k, v in val.items() if "@10" in k),
+                 select, meta["best_metric"], meta["best_step"],
+                 " (early stop)" if meta["stopped_early"] else "", eval_s)
+        window_start += time.time() - t0
+
+      meta["train_wall_s"] = wall_at_start + time.time() - run_start
+      stop_now = signals.should_stop(step)
+      if step % tcfg.checkpoint_every == 0 or done() or step == stop_at or stop_now:
+        _check_finite(*pending, ckpts)  # never checkpoint a state that went non-finite
+        save_last()
+      if stop_now:
+        log.info("Stopped at step %d on request; the checkpoint is saved, rerun the same "
+                 "command to resume.", step)
+        break
 
   if pending is not None:
     _check_finite(*pending, ckpts)
