@@ -1,0 +1,168 @@
+r"""Export a trained recommender as one serialized JAX function, and serve it.
+
+  python -m s2gr_jax.export export WORKDIR [--out DIR] [--beam 20]
+  python -m s2gr_jax.export recommend DIR ITEM_ID [ITEM_ID ...] [--user USER_ID]
+
+``export`` rebuilds the model of a finished run (``config.json``, ``sid/``, the best
+checkpoint) and writes ``DIR/recommend.jaxexport`` (``jax.export``, StableHLO with the
+parameters and the SID table inside) plus ``DIR/recommend.json`` (shapes and settings).
+The exported function is
+
+  recommend(history_items int32[B, H], user_ids int32[B]) -> (item_ids int32[B, K],
+                                                             scores float32[B, K])
+
+with a symbolic batch B, histories left-aligned and padded with 0 (only the last H
+items count), and contains everything: SID lookup, user hashing, the encoder and the
+catalogue-constrained beam search (or SASRec's top-K). Loading needs only ``jax``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+EXPORT_FILE = "recommend.jaxexport"
+META_FILE = "recommend.json"
+
+
+def _hash_users(user_ids, num_buckets: int):
+  """The same hash as ``data.pipeline.hash_users``, in JAX (uint32 arithmetic)."""
+  h = jnp.asarray(user_ids).astype(jnp.uint32) * jnp.uint32(2654435761)
+  return (h % jnp.uint32(num_buckets)).astype(jnp.int32)
+
+
+def load_trained(workdir: str):
+  """(config, SidTable, model) of a finished run, with its best (else last) parameters."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from s2gr_jax import checkpoints as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from s2gr_jax import models  # pylint: disable=g-import-not-at-top
+  from s2gr_jax import parallel  # pylint: disable=g-import-not-at-top
+  from s2gr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from s2gr_jax.sid import table as table_lib  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if config.model.name in models.ITEM_SCORERS:
+    with open(os.path.join(workdir, "results.json")) as f:
+      table = table_lib.SidTable.identity(int(json.load(f)["data/num_items"]))
+  else:
+    table = table_lib.SidTable.load(os.path.join(workdir, "sid"))
+  mesh_cfg = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, rules=()))
+  mesh = parallel.make_mesh(mesh_cfg)
+  make = models.model_factory(config.model, table, user_buckets=config.data.user_buckets,
+                              max_history=config.data.max_history)
+  _, model_graphdef, state = train_lib.create_state(
+      make, train_lib.make_optimizer(config.train), config.seed, mesh)
+  ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.max_to_keep)
+  try:
+    if not ckpts.has_best():
+      raise FileNotFoundError(f"{workdir} has no best checkpoint (checkpoints/best) to "
+                              "export; train until at least one validation")
+    model_state, _ = ckpts.restore_best(state[0])
+  finally:
+    ckpts.close()
+  return config, table, nnx.merge(model_graphdef, model_state)
+
+
+def recommend_fn(config, table, model, beam: int):
+  """The pure function that gets exported: raw histories → top items and scores."""
+  from s2gr_jax import decoding  # pylint: disable=g-import-not-at-top
+  index = table.prefix_index()
+  trie = decoding.index_arrays(index)
+  lookup = jnp.asarray(table.lookup())
+
+  def recommend(history_items, user_ids):
+    items = history_items
+    mask = items > 0
+    batch = {
+        "history_items": items,
+        "history_codes": lookup[items],
+        "history_mask": mask,
+        "user_bucket": _hash_users(user_ids, config.data.user_buckets),
+        "target_item": jnp.zeros(items.shape[0], jnp.int32),
+        "target_codes": jnp.zeros((items.shape[0], table.num_levels), jnp.int32),
+        "weight": jnp.ones(items.shape[0], jnp.float32),
+    }
+    return decoding.recommend(model, batch, trie, beam=beam,
+                              max_children=index.max_children)
+
+  return recommend
+
+
+def export_recommender(workdir: str, out_dir: str, beam: int = 20) -> str:
+  """Writes ``recommend.jaxexport`` + ``recommend.json`` into ``out_dir``; returns the path."""
+  config, table, model = load_trained(workdir)
+  fn = recommend_fn(config, table, model, beam)
+  (b,) = jax.export.symbolic_shape("b")
+  h = config.data.max_history
+  exported = jax.export.export(jax.jit(fn))(jax.ShapeDtypeStruct((b, h), jnp.int32),
+                                            jax.ShapeDtypeStruct((b,), jnp.int32))
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, EXPORT_FILE)
+  with open(path, "wb") as f:
+    f.write(exported.serialize())
+  meta = {"workdir": os.path.abspath(workdir), "model": config.model.name,
+          "max_history": h, "beam": beam, "num_items": table.num_items,
+          "sid_levels": table.num_levels, "user_buckets": config.data.user_buckets,
+          "platforms": list(exported.platforms)}
+  with open(os.path.join(out_dir, META_FILE), "w") as f:
+    json.dump(meta, f, indent=2)
+  return path
+
+
+class Recommender:
+  """A loaded export: ``Recommender(dir)(histories, user_ids) -> (items, scores)``."""
+
+  def __init__(self, folder: str):
+    with open(os.path.join(folder, EXPORT_FILE), "rb") as f:
+      self._exported = jax.export.deserialize(bytearray(f.read()))
+    with open(os.path.join(folder, META_FILE)) as f:
+      self.meta = json.load(f)
+
+  def __call__(self, histories, user_ids):
+    """histories: lists of item ids, oldest first (the last H are kept), or an int
+    array [B, H] left-aligned and padded with 0."""
+    h = self.meta["max_history"]
+    if not isinstance(histories, np.ndarray):
+      rows = np.zeros((len(histories), h), np.int32)
+      for i, hist in enumerate(histories):
+        hist = list(hist)[-h:]
+        rows[i, :len(hist)] = hist
+      histories = rows
+    users = np.asarray(user_ids, np.int32)
+    items, scores = self._exported.call(jnp.asarray(histories, jnp.int32),
+                                        jnp.asarray(users))
+    return np.asarray(items), np.asarray(scores)
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(prog="python -m s2gr_jax.export", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True)
+  e = sub.add_parser("export", help="export a finished run")
+  e.add_argument("workdir")
+  e.add_argument("--out", default=None, help="default: WORKDIR/export")
+  e.add_argument("--beam", type=int, default=20)
+  r = sub.add_parser("recommend", help="top items for one history, from an export")
+  r.add_argument("folder")
+  r.add_argument("items", nargs="+", type=int, help="history item ids, oldest first")
+  r.add_argument("--user", type=int, default=0)
+  args = p.parse_args(argv)
+  if args.command == "export":
+    path = export_recommender(args.workdir, args.out or os.path.join(args.workdir, "export"),
+                              args.beam)
+    print(f"wrote {path}")
+  else:
+    rec = Recommender(args.folder)
+    items, scores = rec([args.items], [args.user])
+    for item, score in zip(items[0], scores[0]):
+      print(f"{int(item)}\t{float(score):.4f}")
+
+
+if __name__ == "__main__":
+  main()
