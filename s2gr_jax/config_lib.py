@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=256, num_steps=20_000, lr=1e-3, warmup_steps=1_000,
       end_lr_ratio=0.01, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip=1.0,
       log_every=100, eval_every=1_000, checkpoint_every=1_000, patience=10,
-      stop_at_step=-1))
+      stop_at_step=-1, progress_bar=False))
 
   c.eval = ml_collections.ConfigDict(dict(
       beam_size=20, batch_size=256, ks=(1, 5, 10, 20), val_users=0,
@@ -141,6 +141,35 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.tokenizer.embedding == "npy" and not config.tokenizer.embedding_path:
     raise ValueError("config.tokenizer.embedding='npy' needs "
                      "config.tokenizer.embedding_path")
+
+
+def synthetic_recipe(arg: str | None = None, model: str = "tiger") -> ml_collections.ConfigDict:
+  """The built-in default (``configs/default.py``): the synthetic dataset, a small model.
+
+  ``:tiny`` is a smaller catalogue and model for tests and notebooks (a minute on CPU).
+  """
+  c = base_config()
+  c.data.name = "synthetic"
+  c.model.name = model
+  c.tokenizer.embedding = "attributes"
+  c.tokenizer.embedding_dim = 32
+  c.tokenizer.codebook_size = 64
+  c.model.update(d_model=64, num_heads=4, head_dim=16, d_ff=256, encoder_layers=2,
+                 decoder_layers=2, dropout=0.1, anchor_layers=1)
+  c.train.update(batch_size=128, num_steps=1000, lr=3e-3, warmup_steps=100,
+                 log_every=100, eval_every=500, checkpoint_every=500, patience=3)
+  c.eval.update(batch_size=256)
+
+  def tiny(c):
+    c.data.synthetic.update(num_users=300, num_items=200)
+    c.tokenizer.codebook_size = 16
+    c.model.update(d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=1,
+                   decoder_layers=1, num_clusters=4)
+    c.train.update(batch_size=32, num_steps=40, warmup_steps=5, log_every=10,
+                   eval_every=20, checkpoint_every=20)
+    c.eval.update(batch_size=64)
+
+  return apply_preset(c, arg, {"tiny": tiny})
 
 
 def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.ConfigDict:

@@ -69,25 +69,44 @@ def load_trained(workdir: str):
   return config, table, nnx.merge(model_graphdef, model_state)
 
 
+def history_batch(config, table, history_items, user_ids, target_items=None) -> dict:
+  """A model batch from raw histories int[B, H] (left-aligned, 0-padded) and user ids.
+
+  ``target_items`` (optional) fills the target fields, e.g. to look at the thoughts a
+  model forms on the way to a given item.
+  """
+  items = jnp.asarray(history_items, jnp.int32)
+  lookup = jnp.asarray(table.lookup())
+  target = (jnp.zeros(items.shape[0], jnp.int32) if target_items is None
+            else jnp.asarray(target_items, jnp.int32))
+  return {
+      "history_items": items,
+      "history_codes": lookup[items],
+      "history_mask": items > 0,
+      "user_bucket": _hash_users(user_ids, config.data.user_buckets),
+      "target_item": target,
+      "target_codes": lookup[target],
+      "weight": jnp.ones(items.shape[0], jnp.float32),
+  }
+
+
+def pad_histories(histories, max_history: int) -> np.ndarray:
+  """Lists of item ids (oldest first) → int32[B, max_history], the last items kept."""
+  rows = np.zeros((len(histories), max_history), np.int32)
+  for i, hist in enumerate(histories):
+    hist = list(hist)[-max_history:]
+    rows[i, :len(hist)] = hist
+  return rows
+
+
 def recommend_fn(config, table, model, beam: int):
   """The pure function that gets exported: raw histories → top items and scores."""
   from s2gr_jax import decoding  # pylint: disable=g-import-not-at-top
   index = table.prefix_index()
   trie = decoding.index_arrays(index)
-  lookup = jnp.asarray(table.lookup())
 
   def recommend(history_items, user_ids):
-    items = history_items
-    mask = items > 0
-    batch = {
-        "history_items": items,
-        "history_codes": lookup[items],
-        "history_mask": mask,
-        "user_bucket": _hash_users(user_ids, config.data.user_buckets),
-        "target_item": jnp.zeros(items.shape[0], jnp.int32),
-        "target_codes": jnp.zeros((items.shape[0], table.num_levels), jnp.int32),
-        "weight": jnp.ones(items.shape[0], jnp.float32),
-    }
+    batch = history_batch(config, table, history_items, user_ids)
     return decoding.recommend(model, batch, trie, beam=beam,
                               max_children=index.max_children)
 
@@ -127,13 +146,8 @@ class Recommender:
   def __call__(self, histories, user_ids):
     """histories: lists of item ids, oldest first (the last H are kept), or an int
     array [B, H] left-aligned and padded with 0."""
-    h = self.meta["max_history"]
     if not isinstance(histories, np.ndarray):
-      rows = np.zeros((len(histories), h), np.int32)
-      for i, hist in enumerate(histories):
-        hist = list(hist)[-h:]
-        rows[i, :len(hist)] = hist
-      histories = rows
+      histories = pad_histories(histories, self.meta["max_history"])
     users = np.asarray(user_ids, np.int32)
     items, scores = self._exported.call(jnp.asarray(histories, jnp.int32),
                                         jnp.asarray(users))

@@ -232,6 +232,10 @@ def train_loop(config, *, graphdef, state, mesh, train_ds,
     logged = [{k: float(v) for k, v in m.items()} for m in window]
     ckpts.save_last(step, state, data_iter, dict(meta, step=step, window=logged))
 
+  bar = None
+  if tcfg.progress_bar and jax.process_index() == 0:
+    from tqdm import auto as tqdm_auto  # pylint: disable=g-import-not-at-top
+    bar = tqdm_auto.tqdm(total=tcfg.num_steps, initial=step, desc="train", unit="step")
   seen_shapes: set[tuple[int, ...]] = set()
   timed = 0  # steps run by this process since the last progress line
   window_start, run_start = time.time(), time.time()
@@ -260,6 +264,8 @@ def train_loop(config, *, graphdef, state, mesh, train_ds,
       pending = (step, step_metrics)
       window.append(step_metrics)
       timed += 1
+      if bar is not None:
+        bar.update(1)
 
       if step % tcfg.log_every == 0 or step == tcfg.num_steps:
         _check_finite(*pending, ckpts)
@@ -270,6 +276,8 @@ def train_loop(config, *, graphdef, state, mesh, train_ds,
         means["perf/steps_per_s"] = rate
         means["perf/examples_per_s"] = rate * examples_per_step
         writer.write(step, means)
+        if bar is not None:
+          bar.set_postfix(loss=f"{means['train/loss']:.4f}")
         log.info("step %d/%d | loss %.4f | %.2f steps/s | %.0f ex/s | ETA %s",
                  step, tcfg.num_steps, means["train/loss"], rate, rate * examples_per_step,
                  _format_eta((tcfg.num_steps - step) / rate))
@@ -305,6 +313,8 @@ def train_loop(config, *, graphdef, state, mesh, train_ds,
                  "command to resume.", step)
         break
 
+  if bar is not None:
+    bar.close()
   if pending is not None:
     _check_finite(*pending, ckpts)
   meta["train_wall_s"] = wall_at_start + time.time() - run_start

@@ -1,5 +1,12 @@
 """Benchmark suites: figures measured in one process, reported as JSON and Markdown.
 
+``scaling``: the train step and the beam search over mesh shapes (data / fsdp / tensor
+splits of the available devices) and model sizes, with step time, examples/s,
+tokens/s, compile time, XLA's FLOPs per step and its memory estimate per device
+(arguments + outputs + temporaries of the compiled step), plus a PNG of examples/s.
+On CPU with simulated devices it checks that every layout compiles and runs and what
+the partitioning costs; on accelerators it measures scaling.
+
 ``models``: the cost of S²GR's thoughts. TIGER and S²GR (same backbone, same SID
 table: 3×256 codes + a de-dup level) run the jitted train step and the constrained
 beam search on the same synthetic batches; the suite reports step time, examples/s,
@@ -63,10 +70,13 @@ def _time(fn, repeats: int) -> list[float]:
 
 
 def measure_model(model_cfg, table, *, batch: int, history: int, eval_batch: int,
-                  beam: int, repeats: int) -> dict:
-  """Train-step and beam-search figures of one model on one device."""
+                  beam: int, repeats: int, mesh_cfg=None) -> dict:
+  """Train-step and beam-search figures of one model on one mesh (default: 1 device)."""
   config = config_lib.base_config()
-  mesh = parallel.make_mesh(config.mesh)
+  if mesh_cfg is None:
+    mesh_cfg = config.mesh.copy_and_resolve_references()
+    mesh_cfg.data = 1
+  mesh = parallel.make_mesh(mesh_cfg)
   make = models.model_factory(model_cfg, table, user_buckets=2000, max_history=history)
   graphdef, model_graphdef, state = train_lib.create_state(
       make, train_lib.make_optimizer(config.train), 0, mesh)
@@ -77,6 +87,10 @@ def measure_model(model_cfg, table, *, batch: int, history: int, eval_batch: int
   compiled = train_step.lower(state, tb, key).compile()
   compile_train = time.perf_counter() - t0
   flops = _flops(compiled)
+  mem = compiled.memory_analysis()
+  memory = (None if mem is None else int(mem.argument_size_in_bytes
+                                          + mem.output_size_in_bytes
+                                          + mem.temp_size_in_bytes))
   holder = {"state": state}
 
   def one_step():
@@ -105,7 +119,9 @@ def measure_model(model_cfg, table, *, batch: int, history: int, eval_batch: int
   decode_s = statistics.median(decode_times)
   return {
       "params": train_lib.param_count(holder["state"]),
+      "mesh": dict(mesh.shape), "train_memory_bytes_per_device": memory,
       "train_step_s": step_s, "train_examples_per_s": batch / step_s,
+      "train_tokens_per_s": batch * (1 + history * table.num_levels) / step_s,
       "train_flops_per_step": flops,
       "train_flops_per_s": flops / step_s if flops else None,
       "compile_train_s": compile_train,
@@ -136,10 +152,90 @@ def suite_models(args) -> dict:
   }
 
 
-SUITES = {"models": suite_models}
+MODEL_SIZES = {
+    "paper": dict(d_model=128, num_heads=6, head_dim=64, d_ff=1024, encoder_layers=4,
+                  decoder_layers=4),
+    "medium": dict(d_model=512, num_heads=8, head_dim=64, d_ff=2048, encoder_layers=6,
+                   decoder_layers=6),
+    "large": dict(d_model=1024, num_heads=16, head_dim=64, d_ff=4096, encoder_layers=12,
+                  decoder_layers=12),
+}
+
+
+def mesh_layouts(n: int) -> list[dict]:
+  """Data-parallel over 1, 2, 4, ... devices, then the splits of all n devices."""
+  layouts, d = [], 1
+  while d <= n:
+    layouts.append(dict(data=d, fsdp=1, tensor=1))
+    d *= 2
+  if n >= 4:
+    layouts += [dict(data=n // 2, fsdp=2, tensor=1), dict(data=n // 2, fsdp=1, tensor=2)]
+  if n >= 8:
+    layouts.append(dict(data=n // 4, fsdp=2, tensor=2))
+  return layouts
+
+
+def suite_scaling(args) -> dict:
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  table = synthetic_table(args.items)
+  rows = []
+  for size in args.sizes.split(","):
+    model_cfg = config_lib.base_config().model
+    model_cfg.update(MODEL_SIZES[size])
+    for layout in mesh_layouts(jax.device_count()):
+      mesh_cfg = ml_collections.ConfigDict(dict(layout, rules=()))
+      batch = max(args.batch, layout["data"] * layout["fsdp"])
+      m = measure_model(model_cfg, table, batch=batch, history=args.history,
+                        eval_batch=max(args.eval_batch, layout["data"] * layout["fsdp"]),
+                        beam=args.beam, repeats=args.repeats, mesh_cfg=mesh_cfg)
+      m.update(size=size, layout=layout, batch=batch)
+      print(json.dumps(m), flush=True)
+      rows.append(m)
+  if args.plot:
+    _plot_scaling(rows, args.out.rsplit(".", 1)[0] + ".png")
+  return {"rows": rows}
+
+
+def _plot_scaling(rows, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(8, 3.6))
+  sizes = sorted({r["size"] for r in rows}, key=list(MODEL_SIZES).index)
+  labels = [f"{r['layout']['data']}×{r['layout']['fsdp']}×{r['layout']['tensor']}"
+            for r in rows if r["size"] == sizes[0]]
+  x = np.arange(len(labels))
+  width = 0.8 / len(sizes)
+  for i, size in enumerate(sizes):
+    vals = [r["train_examples_per_s"] for r in rows if r["size"] == size]
+    ax.bar(x + i * width, vals, width, label=size)
+  ax.set_xticks(x + width * (len(sizes) - 1) / 2, labels)
+  ax.set_xlabel("mesh data × fsdp × tensor")
+  ax.set_ylabel("train examples/s")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+SUITES = {"models": suite_models, "scaling": suite_scaling}
 
 
 def markdown(result: dict) -> str:
+  if "rows" in result:  # scaling
+    lines = [f"device: {result['device']}, {result['date']}", "",
+             "| size | mesh d×f×t | batch | step (s) | examples/s | tokens/s | GFLOP/step "
+             "| memory/device (MB) | decode users/s | compile (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+      lay = r["layout"]
+      mem = (r["train_memory_bytes_per_device"] or 0) / 2**20
+      lines.append(
+          f"| {r['size']} | {lay['data']}×{lay['fsdp']}×{lay['tensor']} | {r['batch']} | "
+          f"{r['train_step_s']:.3f} | {r['train_examples_per_s']:.0f} | "
+          f"{r['train_tokens_per_s']:.0f} | {(r['train_flops_per_step'] or 0) / 1e9:.1f} | "
+          f"{mem:.0f} | {r['decode_users_per_s']:.1f} | {r['compile_train_s']:.1f} |")
+    return "\n".join(lines)
   lines = [f"device: {result['device']}, {result['date']}", "",
            "| model | params | train step (s) | examples/s | GFLOP/step | GFLOP/s | "
            "decode users/s (beam) | compile train / decode (s) |",
@@ -168,6 +264,9 @@ def main(argv=None) -> None:
   p.add_argument("--eval-batch", type=int, default=256)
   p.add_argument("--beam", type=int, default=20)
   p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--sizes", default="paper", help="scaling: comma list of "
+                 + ",".join(MODEL_SIZES))
+  p.add_argument("--no-plot", dest="plot", action="store_false")
   args = p.parse_args(argv)
   result = {"suite": args.suite, "device": f"{jax.device_count()} × {jax.devices()[0].device_kind}",
             "backend": jax.default_backend(), "machine": platform.machine(),

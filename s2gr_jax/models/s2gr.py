@@ -209,6 +209,22 @@ class S2gr(tiger.Tiger):
     metrics["loss"] = total
     return total, metrics
 
+  def thought_clusters(self, batch):
+    """Where the thoughts point, teacher-forced on the batch's target items.
+
+    Returns (picked, true), int[B, semantic levels] each: the codebook cluster that each
+    level's (last) thought is closest to after projection, and the cluster of the
+    target's actual code at that level.
+    """
+    if not self.align:
+      raise ValueError("this model has no thought alignment (model.align_weight=0)")
+    _, thoughts, _, _ = self.recurrence(batch)
+    levels = self.code_cluster.shape[0]
+    picked = [cosine(self.align_proj(thoughts[l][-1]), self.centres[...][l]).argmax(-1)
+              for l in range(levels)]
+    true = [self.code_cluster[...][l][batch["target_codes"][:, l]] for l in range(levels)]
+    return jnp.stack(picked, 1), jnp.stack(true, 1)
+
   def interest_vector(self, batch, enc, enc_mask, rngs=None):
     """v_g: the auxiliary (half-depth) decoder's state at a BOS query, [B, d]."""
     b = enc.shape[0]
