@@ -13,7 +13,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("S2GR_DATA_DIR", str((ROOT / ".." / "shared" / "data").resolve()))
 _CACHE = pathlib.Path(tempfile.gettempdir()) / "s2gr_jax_test_cache"
-os.environ.setdefault("S2GR_TFDS_DIR", str(_CACHE / "tfds"))
+# One TFDS build folder per pytest-xdist worker: two workers never build into the same one.
+os.environ.setdefault("S2GR_TFDS_DIR",
+                      str(_CACHE / "tfds" / os.environ.get("PYTEST_XDIST_WORKER", "main")))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE / "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
