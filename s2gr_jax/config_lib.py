@@ -78,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
   # empty = parallel.DEFAULT_RULES. See s2gr_jax/parallel.py.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules=()))
   c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2))
+  # Optional Weights & Biases logging (pip install 's2gr_jax[wandb]'); off = never imported.
+  c.wandb = ml_collections.ConfigDict(dict(
+      enabled=False, project="s2gr_jax", entity="", name="", mode="online"))
   return c
 
 
@@ -103,6 +106,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice("tokenizer.kind", config.tokenizer.kind, ("rqkmeans", "rqvae", "coba"))
   _choice("model.name", config.model.name, ("tiger", "s2gr", "sasrec"))
   _choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+  _choice("wandb.mode", config.wandb.mode, ("online", "offline", "disabled"))
   _positive(config, "data.max_history", "data.user_buckets", "tokenizer.embedding_dim",
             "tokenizer.levels", "tokenizer.codebook_size", "tokenizer.kmeans_iters",
             "tokenizer.rqvae.latent_dim", "tokenizer.rqvae.steps",

@@ -186,7 +186,7 @@ def run(config, workdir: str) -> dict:
   dataset = datasets.load_dataset(config.data)
   split = pipeline.LeaveOneOut.from_sequences(dataset.sequences)
   ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.max_to_keep)
-  writer = metric_writer.MetricWriter(workdir)
+  writer = metric_writer.MetricWriter(workdir, config.wandb, config.to_dict())
   try:
     table = semantic_ids(config, dataset, split, workdir, mesh=mesh, writer=writer,
                          has_checkpoint=ckpts.latest_step() is not None)
