@@ -1,0 +1,106 @@
+"""The ``peer`` benchmark suite without torch: our side for real on a tiny model, the
+cornac side replaced by a stub (or its clear failure when cornac is missing)."""
+
+import importlib.util
+import json
+import os
+import stat
+import sys
+
+import numpy as np
+import pytest
+
+from s2gr_jax.bench import cornac_peer
+from s2gr_jax.bench import suites
+
+CORNAC = {  # what cornac_peer.py prints (figures made up, shapes real)
+    "versions": {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.23.0",
+                 "cornac": "3.0.1", "numpy": "2"},
+    "torch_threads": 2, "torch_interop_threads": 2, "params": 1000,
+    "level_sizes": [256, 256, 256, 1], "total_items": 300, "train_sessions": 50,
+    "train_step_s": 4.0, "train_step_times_s": [4.0], "train_warmup_step_s": 5.0,
+    "train_examples_per_s": 2.0, "train_flops_per_step_counted": 8e9,
+    "fit_setup_s": 1.0, "decode_user_s": 0.5, "decode_user_times_s": [0.5, 0.5],
+    "decode_users_per_s": 2.0, "decode_users_per_s_mean": 2.0, "decode_users": 2,
+    "decode_warmup_users": 2, "decode_items_scored_mean": 4.0,
+    "torch_matmul_flops_per_s": 1e10, "total_s": 10.0,
+}
+
+
+def test_peer_suite_with_stub_cornac(tmp_path, monkeypatch):
+  calls = []
+
+  def stub(python, argv, timeout):
+    calls.append(argv)
+    if argv == ["--check"]:
+      return {"versions": CORNAC["versions"]}
+    spec = json.load(open(argv[1]))
+    data = np.load(spec["data"])
+    seqs, feats = data["sequences"], data["features"]
+    # cornac must see our catalogue: every item among its training positions
+    assert feats.shape[0] == 300
+    assert set(np.unique(seqs[:, :-2])) == set(range(1, 301))
+    assert seqs.shape[1] == spec["history"] + 3
+    # enough training samples for the warm-up step + the timed ones, full batches
+    assert seqs.shape[0] * spec["history"] >= (spec["train_steps"] + 1) * spec["batch"]
+    assert spec["model"] == dict(suites.MODEL_SIZES["tiny"], dropout=0.1)
+    assert (spec["batch"], spec["beam"], spec["threads"]) == (8, 4, 2)
+    return dict(CORNAC)
+
+  monkeypatch.setattr(suites, "run_peer", stub)
+  out = tmp_path / "peer.json"
+  suites.main(["--suite", "peer", "--out", str(out), "--sizes", "tiny", "--items", "300",
+               "--batch", "8", "--history", "4", "--eval-batch", "4", "--beam", "4",
+               "--repeats", "1", "--peer-users", "2", "--peer-threads", "2",
+               "--peak-n", "128", "--peer-python", "/nonexistent/python"])
+  assert [c[0] for c in calls] == ["--check", "--spec"]
+  r = json.loads(out.read_text())
+  ours, peak = r["ours"], r["machine_peak_flops_per_s"]
+  assert ours["train_step_s"] > 0 and ours["train_flops_per_step"] > 0
+  assert ours["decode_by_batch"]["1"]["decode_users_per_s"] > 0
+  assert r["train_speedup_vs_cornac"] == pytest.approx(ours["train_examples_per_s"] / 2.0)
+  assert r["decode_speedup_vs_cornac"] == pytest.approx(ours["decode_users_per_s"] / 2.0)
+  assert r["decode_speedup_vs_cornac_batch1"] == pytest.approx(
+      ours["decode_by_batch"]["1"]["decode_users_per_s"] / 2.0)
+  assert r["machine_peak"]["matmul_n"] == 128 and peak > 0
+  assert r["train_flops_fraction_of_peak"] == pytest.approx(
+      ours["train_flops_per_step"] / ours["train_step_s"] / peak)
+  assert r["cornac_train_counted_flops_fraction_of_peak"] == pytest.approx(8e9 / 4.0 / peak)
+  assert r["threads"] == {"cpu_cores": 2, "torch": 2, "torch_interop": 2}
+  assert isinstance(r["machine_busy_at_start"], bool)
+  assert len(r["load_average_1_5_15min"]["start"]) == 3
+  assert r["versions"]["cornac"]["cornac"] == "3.0.1"
+  assert set(r["versions"]["ours"]) >= {"jax", "flax", "python"}
+  md = (tmp_path / "peer.md").read_text()
+  assert "cornac 3.0.1 TIGER" in md and "train_speedup_vs_cornac" in md
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cornac") is not None,
+                    reason="cornac is installed in this interpreter")
+def test_missing_cornac_names_the_install_command():
+  with pytest.raises(suites.PeerError) as e:
+    suites.run_peer(sys.executable, ["--check"], 120)
+  assert cornac_peer.INSTALL in str(e.value)
+  assert "--peer-python" in str(e.value)
+  with pytest.raises(suites.PeerError) as e:
+    suites.run_peer("/nonexistent/python", ["--check"], 120)
+  assert cornac_peer.INSTALL in str(e.value)
+
+
+def test_run_peer_reads_the_last_json_line(tmp_path):
+  fake = tmp_path / "python"  # a stand-in interpreter: noise, then the JSON line
+  fake.write_text("#!/bin/sh\necho 'some library chatter'\necho '{\"ok\": 1}'\n")
+  fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+  assert suites.run_peer(str(fake), ["--check"], 60) == {"ok": 1}
+  fake.write_text("#!/bin/sh\necho 'Traceback: boom'\nexit 1\n")
+  with pytest.raises(suites.PeerError, match="status 1 without a JSON result"):
+    suites.run_peer(str(fake), ["--check"], 60)
+
+
+def test_peer_data_rejects_a_catalogue_it_cannot_hold():
+  table = suites.synthetic_table(100)
+  with pytest.raises(ValueError, match="cannot hold"):
+    suites.peer_data(table, users=10, length=6)
+  seqs, feats = suites.peer_data(table, users=30, length=6)
+  assert seqs.min() >= 1 and seqs.max() <= 100 and feats.dtype == np.float32
+  assert os.path.basename(cornac_peer.__file__) == "cornac_peer.py"
