@@ -51,8 +51,11 @@ def label(run: dict) -> str:
   name = c["model"]["name"]
   if name == "sasrec":
     return "sasrec"
-  # Runs made before the tokenizer section existed kept it under sid.quantizer.
-  kind = (c.get("tokenizer") or c.get("sid", {}).get("quantizer", {})).get("kind", "?")
+  # The SIDs' own record first: with tokenizer.from_workdir they come from another run's
+  # tokenizer, whatever this config's tokenizer.kind says. Runs made before the tokenizer
+  # section existed kept it under sid.quantizer.
+  kind = (run.get("sid") or {}).get("tokenizer") or (
+      c.get("tokenizer") or c.get("sid", {}).get("quantizer", {})).get("kind", "?")
   return f"{name} · {kind}"
 
 
@@ -62,6 +65,10 @@ def group_key(run: dict) -> str:
   for key in SEED_KEYS:
     c.pop(key, None)
   c.get("tokenizer", {}).pop("from_workdir", None)
+  # ...but runs whose SIDs differ (another tokenizer reused through from_workdir) do not
+  # merge: the SIDs' own record is part of the key.
+  sid = run.get("sid") or {}
+  c["_sid"] = {k: sid.get(k) for k in ("tokenizer", "embedding", "codebook_sizes")}
   return json.dumps(c, sort_keys=True)
 
 
@@ -159,19 +166,23 @@ def plot_codebooks(runs: list[dict], path: str) -> bool:
 def plot_by_history(runs: list[dict], path: str, metric: str = "ndcg@10") -> bool:
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6, 3.6))
-  drawn = False
+  drawn, missing = False, 0
   for run in runs:
     pts = sorted((int(k.split("/")[1]), v) for k, v in run["results"].items()
                  if k.startswith("test_by_history/") and k.endswith("/" + metric))
     if pts:
-      ax.plot(*zip(*pts), marker="o", label=label(run))
+      name = f"{label(run)} ({os.path.basename(os.path.normpath(run['dir']))})"
+      ax.plot(*zip(*pts), marker="o", label=name)
       drawn = True
+    else:
+      missing += 1
   if not drawn:
     plt.close(fig)
     return False
   ax.set_xlabel("history length bucket (items, upper bound)")
   ax.set_ylabel(f"test {metric}")
-  ax.set_title(f"test {metric} by history length")
+  note = f"\n({missing} run(s) without by-history metrics not shown)" if missing else ""
+  ax.set_title(f"test {metric} by history length{note}")
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
