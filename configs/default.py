@@ -9,7 +9,10 @@ Command:
   python -m s2gr_jax.main --config configs/default.py --workdir runs/default
   # S²GR on the same data: --config.model.name=s2gr
 
-Hardware, runtime and reached metrics: see the README results table (real runs only).
+Measured (seed 0, 2-core x86 CPU, jax 0.10.2, commit 6fdd09d, fresh clone): training
+220 s, the whole quick-start command with venv and install 4 min 52 s; test (2,000
+users, 1,000 items) R@10 0.1555, N@10 0.0723 vs popularity 0.0215 / 0.0101 and the
+last-item floor 0.2445 / 0.1549. More in the README results section.
 """
 
 from s2gr_jax import config_lib
