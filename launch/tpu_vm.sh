@@ -19,7 +19,7 @@
 #                          local folder is uploaded instead (no .git/.venv/runs)
 #                          (default: this repository's git remote "origin")
 # --branch B               branch or tag to clone/check out (git URLs only)
-# --data-dir DIR           dataset folder on the workers (S2GR_DATA_DIR), e.g. gs://b/data
+# --data-dir DIR           dataset folder on the workers (S2GR_DATA_DIR), a local path
 # --env KEY=VALUE          extra environment variable for the run (repeatable)
 # --gcloud-flag FLAG       extra flag for every ssh/scp call, e.g. --tunnel-through-iap
 # --copy-results DIR       afterwards copy the workdir from worker 0 into local DIR
@@ -27,8 +27,8 @@
 # --dry-run                print every command, one per line, instead of running it
 #
 # Examples:
-#   launch/tpu_vm.sh --tpu s2gr --zone us-west4-a --create --data-dir gs://b/data -- \
-#     --config configs/s2gr_beauty.py --workdir gs://b/runs/beauty
+#   launch/tpu_vm.sh --tpu s2gr --zone us-west4-a --create --data-dir /mnt/data -- \
+#     --config configs/s2gr_beauty.py --workdir /mnt/runs/beauty   # a shared (FUSE) mount
 #   launch/tpu_vm.sh --tpu s2gr --zone us-west4-a --copy-results ./runs --dry-run -- \
 #     --config configs/default.py:tiny --workdir runs/tiny --config.seed=1
 set -euo pipefail

@@ -84,6 +84,15 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def require_local_path(what: str, path: str) -> None:
+  """Remote (``gs://``, ``s3://`` ...) paths are not supported yet: say so up front."""
+  if "://" in str(path):
+    raise ValueError(
+        f"{what}={path!r}: remote paths are not supported yet (the metrics, Semantic IDs, "
+        "datasets and reports are read and written as local files). Use a path on the "
+        "host's disk and copy it afterwards (launch/tpu_vm.sh --copy-results does that).")
+
+
 def _choice(key: str, value, options) -> None:
   if value not in options:
     raise ValueError(f"config.{key}={value!r}; choose one of {list(options)}")
@@ -100,6 +109,8 @@ def _positive(config, *keys: str) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values and combinations; raises ValueError naming the key."""
+  require_local_path("config.data.dir", config.data.dir)
+  require_local_path("config.data.tfds_dir", config.data.tfds_dir)
   _choice("data.on_short_sequence", config.data.on_short_sequence, ("error", "drop"))
   _choice("tokenizer.embedding", config.tokenizer.embedding,
           ("attributes", "text_tfidf", "text", "npy"))

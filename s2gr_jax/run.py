@@ -175,6 +175,7 @@ def _reuse_semantic_ids(source_workdir: str, dataset, sid_dir: str) -> table_lib
 def run(config, workdir: str) -> dict:
   """Trains and evaluates ``config`` in ``workdir``; returns the results dict."""
   config_lib.validate(config)
+  config_lib.require_local_path("workdir", workdir)
   os.makedirs(workdir, exist_ok=True)
   _write_json(os.path.join(workdir, "config.json"), config.to_dict())
   _write_json(os.path.join(workdir, "environment.json"), _environment())

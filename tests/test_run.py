@@ -99,6 +99,12 @@ def test_config_typos_and_bad_values_fail_clearly(tmp_path):
   proc = main("--config", "configs/default.py:huge", "--workdir", str(tmp_path / "c"),
               check=False)
   assert proc.returncode != 0 and "unknown preset ':huge'" in proc.stderr
+  # Remote paths are refused up front, before anything is written.
+  with pytest.raises(ValueError, match="workdir='gs://b/r': remote paths are not supported"):
+    run.run(tiny_config(), "gs://b/r")
+  with pytest.raises(ValueError, match="config.data.dir='gs://b/d'"):
+    run.run(tiny_config(**{"data.dir": "gs://b/d"}), str(tmp_path / "d"))
+  assert not (tmp_path / "d").exists()
 
 
 def test_resume_after_interruption_gives_the_same_run(tmp_path):
