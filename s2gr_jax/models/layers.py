@@ -2,7 +2,7 @@
 
 Pre-norm (RMSNorm) residual blocks, no biases, ReLU MLP, as T5 v1.0 and TIGER. Dropout
 is active only when the caller passes ``rngs`` (training); evaluation passes none.
-Attention is written as two einsums with an explicit float32 softmax (the T5 relative
+Attention is written as two heads-first batched matmuls with an explicit float32 softmax (the T5 relative
 bias and the masks enter the scores directly; sequences here are at most ~100 tokens, so a
 fused kernel buys little); the KV cache is a plain array the caller threads through (pure
 functions, no hidden decode state), which is what the batched beam search needs.
