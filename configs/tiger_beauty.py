@@ -15,8 +15,11 @@ Commands:
   # a few minutes on a 2-core CPU (TF-IDF item vectors, RQ-KMeans, small model):
   ... --config configs/tiger_beauty.py:tiny --workdir /tmp/tiger_beauty_tiny
 
-Hardware, runtime and reached metrics of each preset: see the README results table,
-which lists only runs that were made.
+Measured (seed 0, 2-core x86 CPU, no GPU yet): ``:tiny`` 3 min 32 s end to end, test
+R@10 0.0093, N@10 0.0055 (a smoke preset); ``:compare`` on CoBa SIDs (from
+configs/tokenize_beauty.py) R@10 0.0322, N@10 0.0162 at 1,500 steps and R@10 0.0433,
+N@10 0.0211 at 5,000 steps (36 min); on RQ-VAE SIDs 0.0297 / 0.0141 at 1,500 steps.
+The README results table lists every run with its command.
 """
 
 from s2gr_jax import config_lib
