@@ -69,6 +69,48 @@ def test_dropout_only_with_rngs_and_rate_rounding():
   assert (np.asarray(drop(x, nnx.Rngs(dropout=1))) != y).any()
 
 
+def test_dropout_masks_are_independent_across_keys_and_positions():
+  drop = layers.Dropout(0.5)  # threshold 128: each draw is a fair coin
+  x = jnp.ones((200_000,))
+  a = np.asarray(drop(x, nnx.Rngs(dropout=0))) != 0
+  b = np.asarray(drop(x, nnx.Rngs(dropout=1))) != 0
+  n = a.size
+  # Agreement of two independent fair coins is 1/2 ± 1/(2√n); 5 standard errors.
+  assert abs((a == b).mean() - 0.5) < 5 * 0.5 / np.sqrt(n)
+  # Neighbouring draws come from the same 32-bit word; they must not move together.
+  assert abs((a[:-1] == a[1:]).mean() - 0.5) < 5 * 0.5 / np.sqrt(n)
+  assert abs((a[:-4] == a[4:]).mean() - 0.5) < 5 * 0.5 / np.sqrt(n)
+  # Each of the 256 byte values is equally likely (chi-square, 255 dof; p ≈ 1e-6 cut).
+  words = np.asarray(layers.hash_bits(jax.random.key(3), 100_000))
+  counts = np.bincount(words.view(np.uint8), minlength=256)
+  expected = words.size * 4 / 256
+  assert ((counts - expected) ** 2 / expected).sum() < 255 + 5 * np.sqrt(2 * 255)
+
+
+def test_dense_matches_autodiff_of_matmul():
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  for shape_x, shape_w in (((3, 5, 8), (8, 32)), ((3, 5, 32), (32, 8))):  # both branches
+    x = jax.random.normal(kx, shape_x)
+    w = jax.random.normal(kw, shape_w)
+    g = jax.random.normal(kg, shape_x[:-1] + shape_w[-1:])
+    ours = jax.vjp(layers.dense, x, w)
+    ref = jax.vjp(lambda x, w: x @ w, x, w)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-6)
+    for a, b in zip(ours[1](g), ref[1](g)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_add_batch_bias_gradient_sums_over_the_batch():
+  s = jax.random.normal(jax.random.key(0), (4, 2, 3, 3))
+  bias = jax.random.normal(jax.random.key(1), (1, 2, 3, 3))
+  g = jax.random.normal(jax.random.key(2), s.shape)
+  ours = jax.vjp(layers.add_batch_bias, s, bias)
+  ref = jax.vjp(lambda s, b: s + b, s, bias)
+  np.testing.assert_allclose(ours[0], ref[0])
+  for a, b in zip(ours[1](g), ref[1](g)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_relative_position_buckets():
   rel = jnp.arange(-200, 201)
   bi = np.asarray(layers.relative_position_buckets(rel, True, 32, 128))

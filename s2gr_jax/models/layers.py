@@ -2,10 +2,16 @@
 
 Pre-norm (RMSNorm) residual blocks, no biases, ReLU MLP, as T5 v1.0 and TIGER. Dropout
 is active only when the caller passes ``rngs`` (training); evaluation passes none.
-Attention is written as two heads-first batched matmuls with an explicit float32 softmax (the T5 relative
-bias and the masks enter the scores directly; sequences here are at most ~100 tokens, so a
-fused kernel buys little); the KV cache is a plain array the caller threads through (pure
-functions, no hidden decode state), which is what the batched beam search needs.
+Attention is written as two heads-first batched matmuls with an explicit float32
+softmax (the T5 relative bias and the masks enter the scores directly; sequences here are
+at most ~100 tokens, so a fused kernel buys little); the KV cache is a plain array the
+caller threads through (pure functions, no hidden decode state), which is what the
+batched beam search needs.
+
+Three pieces exist for speed on XLA:CPU and give the same values as the plain code:
+``hash_bits`` (dropout masks), ``dense`` (weight gradients) and ``add_batch_bias``
+(bias gradients). Together they took the paper-size TIGER train step (batch 256,
+history 20) from about 5.4 s to 3.65 s on the 2-core CPU here.
 """
 
 from __future__ import annotations
@@ -17,13 +23,34 @@ import jax
 import jax.numpy as jnp
 
 
-class Dropout(nnx.Module):
-  """Inverted dropout whose mask costs a quarter of the random bits of ``nnx.Dropout``.
+def _fmix32(x: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finalizer: a bijection with full avalanche, five cheap ops."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
 
-  Each 32 random bits give four 8-bit draws, so the rate is rounded to a multiple of
-  1/256 (0.1 → 26/256 ≈ 0.102) and the kept values are scaled by the exact keep
-  probability. On CPU the random bits dominated the train step (the MLP hidden layer is
-  ``d_ff`` wide); this cuts that cost by about 3x. Active only when ``rngs`` is given.
+
+def hash_bits(key: jax.Array, n: int) -> jax.Array:
+  """``n`` pseudo-random uint32 words from a JAX key, by hashing a counter.
+
+  Two keyed rounds of the murmur3 finalizer over ``0 .. n-1`` (64 key bits drawn from
+  ``key`` with JAX's own PRNG). Deterministic in ``key``, like ``jax.random.bits``, and
+  about 100x cheaper on CPU than threefry, which made the dropout masks a fifth of the
+  paper-size train step. Good enough for dropout masks; not for anything statistical.
+  """
+  seed = jax.random.bits(key, (2,), jnp.uint32)
+  counter = jnp.arange(n, dtype=jnp.uint32)
+  return _fmix32(_fmix32(counter ^ seed[0]) + seed[1])
+
+
+class Dropout(nnx.Module):
+  """Inverted dropout with cheap masks: 8-bit draws from counter-hashed random words.
+
+  Each 32-bit word from ``hash_bits`` gives four 8-bit draws, so the rate is rounded to a
+  multiple of 1/256 (0.1 → 26/256 ≈ 0.102) and the kept values are scaled by the exact
+  keep probability. Active only when ``rngs`` is given.
   """
 
   def __init__(self, rate: float):
@@ -33,11 +60,78 @@ class Dropout(nnx.Module):
     if rngs is None or self.threshold == 0:
       return x
     n = x.size
-    bits = jax.random.bits(rngs.dropout(), ((n + 3) // 4,), jnp.uint32)
+    bits = hash_bits(rngs.dropout(), (n + 3) // 4)
     draws = jax.lax.bitcast_convert_type(bits, jnp.uint8).reshape(-1)[:n]
     keep = (draws >= self.threshold).reshape(x.shape)
     scale = 256.0 / (256 - self.threshold)
     return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros((), x.dtype))
+
+
+@jax.custom_vjp
+def dense(x: jax.Array, w: jax.Array) -> jax.Array:
+  """``x [..., i] @ w [i, o]``, with a weight gradient that transposes the narrow side.
+
+  Autodiff's weight gradient contracts the flattened rows of x and dy; XLA:CPU lays that
+  out by transposing one operand in full, and it picked the wide one (the [B·T, d_ff]
+  MLP activations), a copy of ~85 MB per layer at the paper size. Here the narrower of
+  the two is transposed explicitly (an optimisation barrier keeps XLA from folding it
+  back), which took the paper-size TIGER train step from 4.7 s to 4.2 s on 2 CPU cores.
+  Same values as ``x @ w`` and its autodiff gradients.
+  """
+  return x @ w
+
+
+def _dense_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _dense_bwd(res, g):
+  x, w = res
+  dx = g @ w.T
+  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+  if x2.shape[1] <= g2.shape[1]:
+    dw = jax.lax.optimization_barrier(x2.T) @ g2
+  else:
+    dw = (jax.lax.optimization_barrier(g2.T) @ x2).T
+  return dx, dw
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+class Linear(nnx.Linear):
+  """``nnx.Linear`` without bias whose product is ``dense`` (same parameters, same tree)."""
+
+  def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
+    super().__init__(in_features, out_features, use_bias=False, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = self.dtype or x.dtype
+    return dense(x.astype(dtype), self.kernel[...].astype(dtype))
+
+
+@jax.custom_vjp
+def add_batch_bias(scores: jax.Array, bias: jax.Array) -> jax.Array:
+  """``scores [B, ...] + bias [1, ...]``; the bias gradient is summed by a matmul.
+
+  XLA:CPU reduced the [B, heads, T, T] score gradients over B with a slow reduction
+  (a third of a second per paper-size step for the shared encoder bias); a ones-vector
+  matmul reads them at memory speed.
+  """
+  return scores + bias
+
+
+def _bias_fwd(scores, bias):
+  return scores + bias, None
+
+
+def _bias_bwd(_, g):
+  flat = g.reshape(g.shape[0], -1)
+  db = jnp.ones((1, g.shape[0]), g.dtype) @ flat
+  return g, db.reshape((1,) + g.shape[1:])
+
+
+add_batch_bias.defvjp(_bias_fwd, _bias_bwd)
 
 
 def relative_position_buckets(relative: jax.Array, bidirectional: bool,
@@ -84,7 +178,7 @@ class Attention(nnx.Module):
   def __init__(self, d_model: int, num_heads: int, head_dim: int, *, dtype,
                rngs: nnx.Rngs):
     inner = num_heads * head_dim
-    make = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=dtype, rngs=rngs)
+    make = lambda i, o: Linear(i, o, dtype=dtype, rngs=rngs)
     self.q, self.k, self.v = make(d_model, inner), make(d_model, inner), make(d_model, inner)
     self.o = make(inner, d_model)
     self.num_heads, self.head_dim = num_heads, head_dim
@@ -113,7 +207,11 @@ class Attention(nnx.Module):
     scores = jnp.matmul(qh, jnp.swapaxes(kh, -1, -2)) / math.sqrt(self.head_dim)
     scores = scores.astype(jnp.float32)
     if bias is not None:
-      scores = scores + bias
+      bias = jnp.broadcast_to(bias, (1,) * (scores.ndim - bias.ndim) + bias.shape)
+      if bias.shape[0] == 1 and bias.shape[1:] == scores.shape[1:]:
+        scores = add_batch_bias(scores, bias.astype(scores.dtype))
+      else:
+        scores = scores + bias
     if mask is not None:
       scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
@@ -129,8 +227,8 @@ class Attention(nnx.Module):
 class Mlp(nnx.Module):
 
   def __init__(self, d_model: int, d_ff: int, dropout: float, *, dtype, rngs: nnx.Rngs):
-    self.wi = nnx.Linear(d_model, d_ff, use_bias=False, dtype=dtype, rngs=rngs)
-    self.wo = nnx.Linear(d_ff, d_model, use_bias=False, dtype=dtype, rngs=rngs)
+    self.wi = Linear(d_model, d_ff, dtype=dtype, rngs=rngs)
+    self.wo = Linear(d_ff, d_model, dtype=dtype, rngs=rngs)
     self.drop = Dropout(dropout)
 
   def __call__(self, x, rngs=None):
