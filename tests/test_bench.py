@@ -52,7 +52,8 @@ def test_peer_suite_with_stub_cornac(tmp_path, monkeypatch):
   suites.main(["--suite", "peer", "--out", str(out), "--sizes", "tiny", "--items", "300",
                "--batch", "8", "--history", "4", "--eval-batch", "4", "--beam", "4",
                "--repeats", "1", "--peer-users", "2", "--peer-threads", "2",
-               "--peak-n", "128", "--peer-python", "/nonexistent/python"])
+               "--peak-n", "128", "--peer-python", "/nonexistent/python",
+               "--dtypes", "float32,bfloat16"])
   assert [c[0] for c in calls] == ["--check", "--spec"]
   r = json.loads(out.read_text())
   ours, peak = r["ours"], r["machine_peak_flops_per_s"]
@@ -71,8 +72,18 @@ def test_peer_suite_with_stub_cornac(tmp_path, monkeypatch):
   assert len(r["load_average_1_5_15min"]["start"]) == 3
   assert r["versions"]["cornac"]["cornac"] == "3.0.1"
   assert set(r["versions"]["ours"]) >= {"jax", "flax", "python"}
+  low = r["by_dtype"]["bfloat16"]  # our model timed again in bf16, same cornac run
+  assert list(r["by_dtype"]) == ["bfloat16"] and low["machine_peak"]["dtype"] == "bfloat16"
+  assert r["machine_peak"]["dtype"] == "float32"
+  assert low["train_speedup_vs_cornac"] == pytest.approx(
+      low["ours"]["train_examples_per_s"] / 2.0)
+  assert low["train_flops_fraction_of_peak"] == pytest.approx(
+      low["ours"]["train_flops_per_s"] / low["machine_peak_flops_per_s"])
+  assert low["train_flops_fraction_of_float32_peak"] == pytest.approx(
+      low["ours"]["train_flops_per_s"] / peak)
   md = (tmp_path / "peer.md").read_text()
   assert "cornac 3.0.1 TIGER" in md and "train_speedup_vs_cornac" in md
+  assert "our TIGER in bfloat16" in md
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cornac") is not None,

@@ -48,6 +48,20 @@ def test_narrow_beam_returns_valid_distinct_items_with_true_scores(setup):
     assert (row_scores <= np.sort(row_brute)[::-1][:7] + 1e-5).all()
 
 
+def test_bfloat16_search_scores_match_float32_scoring(setup):
+  # Same parameters (float32 storage), bf16 compute with float32 accumulation: the wide
+  # beam still returns every item once, with the float32 model's scores to bf16 accuracy.
+  table, model, batch, index = setup
+  low = factories.tiny_tiger(table, seed=1, dtype="bfloat16")
+  brute = np.asarray(decoding.score_all_items(model, batch, table.codes))
+  items, scores = run_beam(low, batch, index, beam=max(index.num_nodes))
+  n = table.num_items
+  assert (np.sort(items[:, :n], axis=1) == np.arange(1, n + 1)).all()
+  np.testing.assert_allclose(scores[:, :n], np.take_along_axis(brute, items[:, :n] - 1, 1),
+                             atol=0.05)
+  assert np.abs(scores[:, :n] - np.take_along_axis(brute, items[:, :n] - 1, 1)).max() > 0
+
+
 def test_only_catalogue_sids_come_out():
   # A sparse catalogue: 6 items over 4^3 possible SIDs; every output must be one of them.
   table = factories.sid_table(num_items=6, codebook=4, levels=3, seed=3)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from s2gr_jax.models import layers
 import factories
@@ -39,9 +40,10 @@ def test_padding_does_not_change_the_encoding():
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-5, atol=2e-5)
 
 
-def test_loss_decreases_when_fitting_a_batch():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_loss_decreases_when_fitting_a_batch(dtype):
   table = factories.sid_table()
-  model = factories.tiny_tiger(table, dropout=0.1)
+  model = factories.tiny_tiger(table, dropout=0.1, dtype=dtype)
   batch = factories.batch(table, batch_size=8, history=5)
   opt = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
 

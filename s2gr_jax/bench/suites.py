@@ -189,6 +189,7 @@ def suite_models(args) -> dict:
   for name in ("tiger", "s2gr"):
     cfg = base.copy_and_resolve_references()
     cfg.name = name
+    cfg.dtype = getattr(args, "dtype", "float32")
     out[name] = measure_model(cfg, table, batch=args.batch, history=args.history,
                               eval_batch=args.eval_batch, beam=args.beam,
                               repeats=args.repeats)
@@ -236,6 +237,7 @@ def suite_scaling(args) -> dict:
   for size in args.sizes.split(","):
     model_cfg = config_lib.base_config().model
     model_cfg.update(MODEL_SIZES[size])
+    model_cfg.dtype = getattr(args, "dtype", "float32")
     for layout in mesh_layouts(jax.device_count()):
       mesh_cfg = ml_collections.ConfigDict(dict(layout, rules=()))
       batch = max(args.batch, layout["data"] * layout["fsdp"])
@@ -318,6 +320,7 @@ def suite_catalogue(args) -> dict:
   users = int(getattr(args, "catalogue_batch", None) or CATALOGUE_BATCH)
   model_cfg = config_lib.base_config().model
   model_cfg.name = "tiger"
+  model_cfg.dtype = getattr(args, "dtype", "float32")
   model_cfg.update(getattr(args, "model_overrides", None) or {})
   runs = []
   for levels in level_variants:
@@ -451,17 +454,21 @@ def cpu_threads() -> int:
     return os.cpu_count() or 1
 
 
-def machine_peak(n: int = 2048, repeats: int = 5) -> dict:
-  """The machine's float32 matmul rate through XLA: a jitted n×n @ n×n, best of repeats."""
+def machine_peak(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> dict:
+  """The machine's matmul rate through XLA: a jitted n×n @ n×n, best of repeats.
+
+  ``dtype="bfloat16"``: bf16 operands accumulated in float32 (what the models' bf16 mode
+  runs), the peak to hold a bf16 step against.
+  """
   k1, k2 = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(k1, (n, n), jnp.float32)
-  b = jax.random.normal(k2, (n, n), jnp.float32)
-  mm = jax.jit(jnp.matmul)
+  a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(k2, (n, n), jnp.float32).astype(dtype)
+  mm = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
   jax.block_until_ready(mm(a, b))  # compile + warm-up
   times = _time(lambda: mm(a, b), repeats)
   flops = 2.0 * n ** 3
-  return {"matmul_n": n, "flops_per_matmul": flops, "matmul_times_s": times,
-          "flops_per_s": flops / min(times),
+  return {"matmul_n": n, "dtype": dtype, "flops_per_matmul": flops,
+          "matmul_times_s": times, "flops_per_s": flops / min(times),
           "flops_per_s_median": flops / statistics.median(times)}
 
 
@@ -534,8 +541,14 @@ def peer_compare(dims: dict, *, items: int, batch: int, history: int, eval_batch
                  beam: int, repeats: int, peer_python: str, peer_steps: int,
                  peer_users: int, peer_warmup_users: int = 2, threads: int | None = None,
                  peak_n: int = 2048, timeout: float = 1800.0, seed: int = 0,
-                 runner=None) -> dict:
-  """The peer suite's body; ``runner`` (default ``run_peer``) runs the cornac side."""
+                 runner=None, extra_dtypes: tuple[str, ...] = ()) -> dict:
+  """The peer suite's body; ``runner`` (default ``run_peer``) runs the cornac side.
+
+  The headline ratios are for our model in float32, cornac's precision. Each of
+  ``extra_dtypes`` (e.g. ``bfloat16``) times our model again in that compute dtype, with
+  its own ratios against the same cornac run and its own matmul peak, under
+  ``by_dtype``.
+  """
   runner = runner or run_peer
   threads = threads or cpu_threads()
   load = {"start": os.getloadavg()}  # other work on the machine skews both sides
@@ -556,9 +569,20 @@ def peer_compare(dims: dict, *, items: int, batch: int, history: int, eval_batch
   cfg = config_lib.base_config().model
   cfg.update(dims)
   cfg.name = "tiger"
+  cfg.dtype = "float32"
   ours = measure_model(cfg, table, batch=batch, history=history, eval_batch=eval_batch,
                        beam=beam, repeats=repeats, extra_decode_batches=(1,))
   print(f"ours: {json.dumps(ours)}", flush=True)
+  extra = {}
+  for dtype in extra_dtypes:
+    low = cfg.copy_and_resolve_references()
+    low.dtype = dtype
+    extra[dtype] = {
+        "peak": machine_peak(peak_n, max(repeats, 3), dtype),
+        "ours": measure_model(low, table, batch=batch, history=history,
+                              eval_batch=eval_batch, beam=beam, repeats=repeats,
+                              extra_decode_batches=(1,))}
+    print(f"ours ({dtype}): {json.dumps(extra[dtype])}", flush=True)
 
   # cornac: one session per user of `history + 3` items (train = all but 2, test history =
   # all but the last), enough users for 1 + peer_steps full batches and the whole catalogue.
@@ -587,6 +611,17 @@ def peer_compare(dims: dict, *, items: int, batch: int, history: int, eval_batch
   spec.pop("data")
   out = peer_report(ours, cornac, peak, threads=threads, spec=spec,
                     eval_batch=eval_batch, users=users)
+  if extra:
+    out["by_dtype"] = {
+        dtype: peer_report(e["ours"], cornac, e["peak"], threads=threads, spec=spec,
+                           eval_batch=eval_batch, users=users)
+        for dtype, e in extra.items()}
+    for r in out["by_dtype"].values():  # keep only what differs from the headline
+      for key in ("cornac", "peer_spec", "versions", "threads"):
+        r.pop(key)
+      r["train_flops_fraction_of_float32_peak"] = (
+          r["ours"]["train_flops_per_s"] / peak["flops_per_s"]
+          if r["ours"]["train_flops_per_s"] else None)
   out["load_average_1_5_15min"] = load
   out["machine_busy_at_start"] = busy
   return out
@@ -637,7 +672,8 @@ def suite_peer(args) -> dict:
       history=args.history, eval_batch=args.eval_batch, beam=args.beam,
       repeats=args.repeats, peer_python=args.peer_python,
       peer_steps=args.peer_steps or args.repeats, peer_users=args.peer_users,
-      threads=args.peer_threads, peak_n=args.peak_n, timeout=args.peer_timeout)
+      threads=args.peer_threads, peak_n=args.peak_n, timeout=args.peer_timeout,
+      extra_dtypes=tuple(d for d in args.dtypes.split(",") if d and d != "float32"))
 
 
 def _markdown_peer(result: dict) -> str:
@@ -685,6 +721,17 @@ def _markdown_peer(result: dict) -> str:
   lines.append(f"- medians after warm-up over {len(o['train_step_times_s'])} steps / "
                f"{len(o['decode_batch_times_s'])} decode batches (ours) and "
                f"{len(c['train_step_times_s'])} steps / {c['decode_users']} users (cornac)")
+  for dtype, r in (result.get("by_dtype") or {}).items():
+    ob = r["ours"]
+    lines.append(
+        f"- our TIGER in {dtype} (float32 accumulation): train step "
+        f"{ob['train_step_s']:.3f} s → train_speedup_vs_cornac "
+        f"{r['train_speedup_vs_cornac']:.1f}×; decode {ob['decode_users_per_s']:.1f} users/s "
+        f"→ decode_speedup_vs_cornac {r['decode_speedup_vs_cornac']:.1f}×; "
+        f"{(ob['train_flops_per_s'] or 0) / 1e9:.1f} GFLOP/s = "
+        f"{r['train_flops_fraction_of_peak']:.1%} of the {dtype} matmul peak "
+        f"({r['machine_peak_flops_per_s'] / 1e9:.1f} GFLOP/s), "
+        f"{r['train_flops_fraction_of_float32_peak']:.1%} of the float32 one")
   load = result.get("load_average_1_5_15min")
   if load:
     lines.append("- 1-min load average at start / before cornac / end: "
@@ -744,6 +791,9 @@ def main(argv=None) -> None:
   p.add_argument("--history", type=int, default=20, help="history length (items)")
   p.add_argument("--eval-batch", type=int, default=256)
   p.add_argument("--beam", type=int, default=20)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="models/scaling/catalogue: the models' compute dtype (parameters stay "
+                 "float32; bf16 products accumulate in float32)")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--sizes", default="paper", help="scaling: comma list of "
                  + ",".join(MODEL_SIZES))
@@ -759,6 +809,9 @@ def main(argv=None) -> None:
   g.add_argument("--peer-threads", type=int, default=0,
                  help="torch threads (0: the cores this process may use)")
   g.add_argument("--peer-timeout", type=float, default=1800, help="seconds")
+  g.add_argument("--dtypes", default="float32",
+                 help="peer: comma list; float32 gives the headline ratios (cornac's "
+                 "precision), others (bfloat16) are timed too and reported under by_dtype")
   g.add_argument("--peak-n", type=int, default=2048,
                  help="size of the float32 matmul that measures the machine's peak")
   args = p.parse_args(argv)

@@ -129,7 +129,7 @@ class Tiger(nnx.Module):
     """Logits over level ``level``'s codes from decoder states [..., d]."""
     lo = sum(self.cfg.codebook_sizes[:level])
     kernel = self.head.kernel[:, lo:lo + self.cfg.codebook_sizes[level]]
-    return (hidden @ kernel.astype(hidden.dtype)).astype(jnp.float32)
+    return layers.matmul(hidden, kernel.astype(hidden.dtype), jnp.float32)
 
   def teacher_forced_logits(self, batch, rngs: nnx.Rngs | None = None):
     """Per level, logits [B, V_l] for the target's code given its earlier codes."""
