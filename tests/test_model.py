@@ -102,6 +102,19 @@ def test_dense_matches_autodiff_of_matmul():
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("b_transposed", [False, True])
+def test_few_row_matmul_matches_autodiff(b_transposed):
+  a = jax.random.normal(jax.random.key(0), (3, 2, 5))
+  b = jax.random.normal(jax.random.key(1), (3, 7, 5) if b_transposed else (3, 5, 7))
+  g = jax.random.normal(jax.random.key(2), (3, 2, 7))
+  ref_fn = (lambda a, b: a @ jnp.swapaxes(b, 1, 2)) if b_transposed else jnp.matmul
+  ours = jax.vjp(lambda a, b: layers.few_row_matmul(a, b, b_transposed), a, b)
+  ref = jax.vjp(ref_fn, a, b)
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-6)
+  for x, y in zip(ours[1](g), ref[1](g)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
 def test_add_batch_bias_gradient_sums_over_the_batch():
   s = jax.random.normal(jax.random.key(0), (4, 2, 3, 3))
   bias = jax.random.normal(jax.random.key(1), (1, 2, 3, 3))
@@ -111,6 +124,22 @@ def test_add_batch_bias_gradient_sums_over_the_batch():
   np.testing.assert_allclose(ours[0], ref[0])
   for a, b in zip(ours[1](g), ref[1](g)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_attend_source_equals_attention_over_projected_keys_and_values():
+  attn = layers.Attention(16, 3, 8, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 4, 16))
+  src = jax.random.normal(jax.random.key(2), (2, 7, 16))
+  mask = (jnp.arange(7)[None, :] < jnp.array([[7], [5]]))[:, None, None, :]
+  ref = attn.attend(x, *attn.project_kv(src), mask=mask, bias=None)
+  np.testing.assert_allclose(attn.attend_source(x, src, mask=mask), ref, rtol=1e-5,
+                             atol=1e-5)
+  g = jax.random.normal(jax.random.key(3), ref.shape)  # and the same gradients
+  grads = [jax.grad(lambda a, s: (f(a, s) * g).sum(), argnums=(0, 1))(x, src) for f in (
+      lambda a, s: attn.attend_source(a, s, mask=mask),
+      lambda a, s: attn.attend(a, *attn.project_kv(s), mask=mask, bias=None))]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_relative_position_buckets():

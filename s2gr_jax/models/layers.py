@@ -16,6 +16,7 @@ history 20) from about 5.4 s to 3.65 s on the 2-core CPU here.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from flax import nnx
@@ -81,6 +82,13 @@ def matmul(a: jax.Array, b: jax.Array, out_dtype=None) -> jax.Array:
   return out.astype(out_dtype or a.dtype)
 
 
+def einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+  """``jnp.einsum`` of two operands with ``matmul``'s precision rule."""
+  if a.dtype == jnp.float32 and b.dtype == jnp.float32:
+    return jnp.einsum(spec, a, b)
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+
+
 @jax.custom_vjp
 def dense(x: jax.Array, w: jax.Array) -> jax.Array:
   """``x [..., i] @ w [i, o]``, with a weight gradient that transposes the narrow side.
@@ -112,6 +120,37 @@ def _dense_bwd(res, g):
 
 
 dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def few_row_matmul(a: jax.Array, b: jax.Array, b_transposed: bool) -> jax.Array:
+  """Batched ``a [B, M, K] @ b`` for few rows M; ``b`` is [B, K, N] or, if
+  ``b_transposed``, [B, N, K]. Float32 accumulation as ``matmul``.
+
+  Autodiff's gradient for ``b`` contracts over the M rows, which XLA:CPU runs as a slow
+  generic dot; here the small operand (M rows) is transposed explicitly instead, so both
+  gradients are plain batched matmuls. Used where a few queries read a long source.
+  """
+  return matmul(a, jnp.swapaxes(b, 1, 2) if b_transposed else b)
+
+
+def _frm_fwd(a, b, b_transposed):
+  return few_row_matmul(a, b, b_transposed), (a, b)
+
+
+def _frm_bwd(b_transposed, res, g):
+  a, b = res
+  g = g.astype(a.dtype)
+  if b_transposed:  # out = a @ bᵀ: da = g @ b, db = gᵀ @ a
+    da = matmul(g, b)
+    db = matmul(jax.lax.optimization_barrier(jnp.swapaxes(g, 1, 2)), a, b.dtype)
+  else:  # out = a @ b: da = g @ bᵀ, db = aᵀ @ g
+    da = matmul(g, jnp.swapaxes(b, 1, 2))
+    db = matmul(jax.lax.optimization_barrier(jnp.swapaxes(a, 1, 2)), g, b.dtype)
+  return da, db
+
+
+few_row_matmul.defvjp(_frm_fwd, _frm_bwd)
 
 
 class Linear(nnx.Linear):
@@ -229,12 +268,39 @@ class Attention(nnx.Module):
     if mask is not None:
       scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = matmul(probs, vh)  # [B, heads, Q, head_dim]
+    return self._output(matmul(probs, vh))  # [B, heads, Q, head_dim] → [B, Q, d]
+
+  def _output(self, out: jax.Array) -> jax.Array:
+    """Heads-first [B, heads, Q, head_dim] → [B, Q, d] through the output projection."""
     kernel = self.o.kernel[...].reshape(self.num_heads, self.head_dim, -1)
-    if q.dtype == jnp.float32:
-      return jnp.einsum("bhqd,hdm->bqm", out, kernel.astype(q.dtype))
-    return jnp.einsum("bhqd,hdm->bqm", out, kernel.astype(q.dtype),
-                      preferred_element_type=jnp.float32).astype(q.dtype)
+    return einsum("bhqd,hdm->bqm", out, kernel.astype(out.dtype))
+
+  def attend_source(self, x: jax.Array, src: jax.Array, *,
+                    mask: jax.Array | None) -> jax.Array:
+    """Queries from ``x`` [B, Q, d] over source states ``src`` [B, T, d], unprojected.
+
+    The key and value projections are folded into the queries and the output:
+    scores = (q W_kᵀ) · srcᵀ per head and out = (probs · src) W_v. The same function as
+    ``attend(x, *project_kv(src))`` up to rounding, but the [B, T, heads·head_dim] keys
+    and values, their layout copies and their gradients are never formed. Cheaper when
+    few queries read the source (Q · heads small against T): teacher-forced decoders
+    and S²GR's thought recurrence; beam search, with many queries per cached source,
+    keeps ``project_kv``. ``mask`` broadcasts to bool[B, heads, Q, T].
+    """
+    b, n, d = x.shape
+    h, e = self.num_heads, self.head_dim
+    q = self._split(self.q(x))  # [B, Q, h, e]
+    src = src.astype(q.dtype)
+    wk = self.k.kernel[...].astype(q.dtype).reshape(d, h, e)
+    qk = einsum("bqhe,dhe->bhqd", q, wk).reshape(b, h * n, d)
+    scores = few_row_matmul(qk, src, True).astype(jnp.float32) / math.sqrt(e)
+    scores = scores.reshape(b, h, n, -1)
+    if mask is not None:
+      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    ctx = few_row_matmul(probs.reshape(b, h * n, -1), src, False).reshape(b, h, n, d)
+    wv = self.v.kernel[...].astype(q.dtype).reshape(d, h, e)
+    return self._output(einsum("bhqd,dhe->bhqe", ctx, wv))
 
   def __call__(self, x, kv, *, mask=None, bias=None):
     k, v = self.project_kv(kv)
@@ -280,28 +346,36 @@ class DecoderLayer(nnx.Module):
     self.mlp = Mlp(d_model, d_ff, dropout, dtype=dtype, rngs=rngs)
     self.drop = Dropout(dropout)
 
-  def _cross_and_mlp(self, x, cross_kv, cross_mask, rngs):
-    h = self.cross_attn.attend(self.norm2(x), *cross_kv, mask=cross_mask, bias=None)
+  def _cross_and_mlp(self, x, cross, cross_mask, rngs):
+    if isinstance(cross, (tuple, list)):  # cached (keys, values)
+      h = self.cross_attn.attend(self.norm2(x), *cross, mask=cross_mask, bias=None)
+    else:  # the encoder states themselves
+      h = self.cross_attn.attend_source(self.norm2(x), cross, mask=cross_mask)
     x = x + self.drop(h, rngs)
     return x + self.drop(self.mlp(self.norm3(x), rngs), rngs)
 
-  def __call__(self, x, cross_kv, cross_mask, self_bias, rngs=None):
-    """Teacher-forced: x [B, S, d], causal over S; cross_kv from ``cross_attn.project_kv``."""
+  def __call__(self, x, cross, cross_mask, self_bias, rngs=None):
+    """Teacher-forced: x [B, S, d], causal over S.
+
+    ``cross``: the encoder states [B, T, d] (read by ``attend_source``), or their keys and
+    values from ``cross_attn.project_kv`` (read by ``attend``).
+    """
     s = x.shape[1]
     causal = jnp.tril(jnp.ones((s, s), bool))[None, None]
     h = self.norm1(x)
     h = self.self_attn(h, h, mask=causal, bias=self_bias[None])
     x = x + self.drop(h, rngs)
-    return self._cross_and_mlp(x, cross_kv, cross_mask, rngs)
+    return self._cross_and_mlp(x, cross, cross_mask, rngs)
 
-  def step(self, x, cache, pos, cross_kv, cross_mask, self_bias, rngs=None):
+  def step(self, x, cache, pos, cross, cross_mask, self_bias, rngs=None):
     """Cached decoding of Q consecutive positions for a grid of beams.
 
     Args:
       x: [B, K, Q, d], the inputs at positions ``pos .. pos+Q-1`` of each of K beams.
       cache: (keys, values), each [B, K, S_max, heads, head_dim].
       pos: the first position (a Python int: decoding is unrolled).
-      cross_kv: encoder keys/values [B, T, heads, head_dim], shared by a user's beams
+      cross: encoder keys/values [B, T, heads, head_dim] each, or the encoder states
+        [B, T, d] (see ``__call__``); shared by a user's beams
         (the K×Q rows act as queries, so nothing is copied per beam).
       cross_mask: bool[B, 1, 1, T].
       self_bias: [heads, S_max, S_max] decoder position bias.
@@ -320,5 +394,5 @@ class DecoderLayer(nnx.Module):
     h = self.self_attn.attend(flat(h), flat(keys), flat(values), mask=visible[None, None],
                               bias=self_bias[None, :, pos:pos + q, :])
     x = x + self.drop(h.reshape(b, kb, q, d), rngs)
-    x = self._cross_and_mlp(x.reshape(b, kb * q, d), cross_kv, cross_mask, rngs)
+    x = self._cross_and_mlp(x.reshape(b, kb * q, d), cross, cross_mask, rngs)
     return x.reshape(b, kb, q, d), (keys, values)

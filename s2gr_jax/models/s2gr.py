@@ -145,7 +145,7 @@ class S2gr(tiger.Tiger):
     """
     cfg = self.cfg
     enc, enc_mask = self.encode(batch, rngs)
-    state = self.init_decoding(enc, enc_mask, 1)
+    state = self.init_decoding(enc, enc_mask, 1, project=False)
     target = batch["target_codes"]
     pending = [self.bos((target.shape[0],))]  # inputs of the next chunk, [B, d] each
     pos, logits, thoughts = 0, [], []
@@ -232,7 +232,7 @@ class S2gr(tiger.Tiger):
     cross_mask = enc_mask[:, None, None, :]
     bias = self.dec_bias(1, 1)
     for layer in self.anchor:
-      x = layer(x, layer.cross_attn.project_kv(enc), cross_mask, bias, rngs)
+      x = layer(x, enc, cross_mask, bias, rngs)
     return self.anchor_norm(x)[:, 0]
 
   # --- cached decoding ---------------------------------------------------------------

@@ -122,7 +122,7 @@ class Tiger(nnx.Module):
     bias = self.dec_bias(x.shape[1], x.shape[1])
     cross_mask = enc_mask[:, None, None, :]
     for layer in self.decoder:
-      x = layer(x, layer.cross_attn.project_kv(enc), cross_mask, bias, rngs)
+      x = layer(x, enc, cross_mask, bias, rngs)  # keys/values folded into the queries
     return self.drop(self.dec_norm(x), rngs)
 
   def level_logits(self, hidden: jax.Array, level: int) -> jax.Array:
@@ -171,8 +171,13 @@ class Tiger(nnx.Module):
   def start_decoding(self, batch, beam: int):
     return self.init_decoding(*self.encode(batch), beam)
 
-  def init_decoding(self, enc, enc_mask, beam: int):
-    """Decoding state for ``beam`` beams per user over encoder states [B, T, d]."""
+  def init_decoding(self, enc, enc_mask, beam: int, project: bool = True):
+    """Decoding state for ``beam`` beams per user over encoder states [B, T, d].
+
+    ``project``: cache each layer's cross-attention keys and values (beam search: many
+    queries per user reuse them); False reads ``enc`` directly through
+    ``Attention.attend_source`` (a handful of queries, as in S²GR's recurrence).
+    """
     b = enc.shape[0]
     s_max = self.decode_positions()
     shape = (b, beam, s_max, self.cfg.num_heads, self.cfg.head_dim)
@@ -180,7 +185,8 @@ class Tiger(nnx.Module):
              for _ in self.decoder]
     return {
         "per_beam": {"cache": cache},
-        "cross": [layer.cross_attn.project_kv(enc) for layer in self.decoder],
+        "cross": [layer.cross_attn.project_kv(enc) if project else enc
+                  for layer in self.decoder],
         "cross_mask": enc_mask[:, None, None, :],
         "bias": self.dec_bias(s_max, s_max),
     }
