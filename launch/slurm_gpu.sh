@@ -111,7 +111,9 @@ for o in "${sbatch_opts[@]}"; do lines+=("#SBATCH $o"); done
 lines+=(
   "set -euo pipefail"
   "cd $(path_q "$repo_dir")"
-  "head_node=\$(scontrol show hostnames \"\$SLURM_JOB_NODELIST\" | head -n1)"
+  "# sed reads the whole list: 'head -n1' could close the pipe early, and under pipefail"
+  "# scontrol's SIGPIPE (status 141) would abort the job."
+  "head_node=\$(scontrol show hostnames \"\$SLURM_JOB_NODELIST\" | sed -n 1p)"
   "export JAX_COORDINATOR_ADDRESS=\"\$head_node:$port\""
   "export JAX_NUM_PROCESSES=\"\$SLURM_NNODES\""
   "# One process per node sees all its GPUs (JAX would otherwise pick GPU \$SLURM_LOCALID only)."

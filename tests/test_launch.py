@@ -151,7 +151,7 @@ def test_slurm_dry_run_prints_script_and_sbatch(tmp_path):
   out = proc.stdout
   for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=2",
                "#SBATCH --partition=gpu", "#SBATCH --time=12:00:00",
-               'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)',
+               'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
                'export JAX_COORDINATOR_ADDRESS="$head_node:23456"',
                'export JAX_NUM_PROCESSES="$SLURM_NNODES"',
                "export JAX_LOCAL_DEVICE_IDS=0,1",
