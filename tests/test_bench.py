@@ -86,6 +86,13 @@ def test_peer_suite_with_stub_cornac(tmp_path, monkeypatch):
   assert "our TIGER in bfloat16" in md
 
 
+def test_unknown_dtype_is_refused_before_any_work(capsys):
+  with pytest.raises(SystemExit):
+    suites.main(["--suite", "peer", "--out", "/nonexistent/x.json", "--dtypes",
+                 "float32,float16"])
+  assert "--dtypes takes float32 and/or bfloat16, got 'float16'" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(importlib.util.find_spec("cornac") is not None,
                     reason="cornac is installed in this interpreter")
 def test_missing_cornac_names_the_install_command():

@@ -818,6 +818,9 @@ def main(argv=None) -> None:
   g.add_argument("--peak-n", type=int, default=2048,
                  help="size of the float32 matmul that measures the machine's peak")
   args = p.parse_args(argv)
+  bad = [d for d in args.dtypes.split(",") if d not in ("float32", "bfloat16")]
+  if bad:
+    p.error(f"--dtypes takes float32 and/or bfloat16, got {', '.join(map(repr, bad))}")
   result = {"suite": args.suite, "device": f"{jax.device_count()} × {jax.devices()[0].device_kind}",
             "backend": jax.default_backend(), "machine": platform.machine(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
