@@ -303,12 +303,11 @@ class Attention(nnx.Module):
     wk = self.k.kernel[...].astype(q.dtype).reshape(d, h, e)
     qk = einsum("bqhe,dhe->bhqd", q * jnp.asarray(1 / math.sqrt(e), q.dtype), wk)
     t = src.shape[1]
-    keep = (jnp.ones((b, 1, 1, t), bool) if mask is None
-            else jnp.broadcast_to(mask, (b, mask.shape[1], mask.shape[2], t)))
-    if keep.shape[1:3] != (1, 1):
-      keep = jnp.broadcast_to(keep, (b, h, n, t)).reshape(b, h * n, t)
-    else:
-      keep = keep.reshape(b, 1, t)
+    keep = jnp.ones((1, 1, 1, t), bool) if mask is None else mask
+    # One row per user when the mask ignores heads and queries (the encoder padding
+    # mask), else one per (head, query) row of qk.
+    rows = (1, 1) if keep.shape[1:3] == (1, 1) else (h, n)
+    keep = jnp.broadcast_to(keep, (b, *rows, t)).reshape(b, -1, t)
     ctx = source_attention(qk.reshape(b, h * n, d), src, keep).reshape(b, h, n, d)
     wv = self.v.kernel[...].astype(q.dtype).reshape(d, h, e)
     return self._output(einsum("bhqd,dhe->bhqe", ctx, wv))
