@@ -175,7 +175,7 @@ fi
 setup="$get_code && { [ -x ~/s2gr_venv/bin/python ] || python3 -m venv ~/s2gr_venv; }"
 setup+=" && ~/s2gr_venv/bin/pip install -q -U pip"
 setup+=" && ~/s2gr_venv/bin/pip install -q 'jax[tpu]'"
-setup+=" && ~/s2gr_venv/bin/pip install -q -e ~/s2gr_jax"
+setup+=" && ~/s2gr_venv/bin/pip install -q -e ~/s2gr_jax\\[gcs\\]"  # gcsfs: gs:// workdirs
 run "${ssh_all[@]}" --command "$setup"
 
 # 3. The run, on every worker at once (JAX finds the other hosts itself).

@@ -16,12 +16,13 @@ of the one before it.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from s2gr_jax import fileio
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,12 @@ def abstract_like(tree) -> Any:
 class Checkpoints:
 
   def __init__(self, workdir: str, max_to_keep: int):
-    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    root = fileio.join(fileio.absolute(workdir), "checkpoints")  # local or gs://
     self.last = ocp.CheckpointManager(
-        os.path.join(root, "last"),
+        root / "last",
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
     self.best = ocp.CheckpointManager(
-        os.path.join(root, "best"),
+        root / "best",
         options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
   def latest_step(self) -> int | None:

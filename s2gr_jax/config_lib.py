@@ -12,6 +12,7 @@ import os
 
 import ml_collections
 
+from s2gr_jax import fileio
 from s2gr_jax.data import datasets
 
 
@@ -85,12 +86,13 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def require_local_path(what: str, path: str) -> None:
-  """Remote (``gs://``, ``s3://`` ...) paths are not supported yet: say so up front."""
+  """Input data is read from the host's disk: remote URLs are refused up front (run
+  directories may be ``gs://``: ``fileio.check_run_dir``)."""
   if "://" in str(path):
     raise ValueError(
-        f"{what}={path!r}: remote paths are not supported yet (the metrics, Semantic IDs, "
-        "datasets and reports are read and written as local files). Use a path on the "
-        "host's disk and copy it afterwards (launch/tpu_vm.sh --copy-results does that).")
+        f"{what}={path!r}: datasets are read from local paths (the workdir may be gs://, "
+        "the data may not). Copy the data folder to each host's disk first, e.g. "
+        "gcloud storage cp -r gs://BUCKET/data ./data.")
 
 
 def _choice(key: str, value, options) -> None:
@@ -111,6 +113,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values and combinations; raises ValueError naming the key."""
   require_local_path("config.data.dir", config.data.dir)
   require_local_path("config.data.tfds_dir", config.data.tfds_dir)
+  if config.tokenizer.from_workdir:
+    fileio.check_run_dir("config.tokenizer.from_workdir", config.tokenizer.from_workdir)
   _choice("data.on_short_sequence", config.data.on_short_sequence, ("error", "drop"))
   _choice("tokenizer.embedding", config.tokenizer.embedding,
           ("attributes", "text_tfidf", "text", "npy"))

@@ -19,13 +19,13 @@ catalogue-constrained beam search (or SASRec's top-K). Loading needs only ``jax`
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from s2gr_jax import fileio
 
 EXPORT_FILE = "recommend.jaxexport"
 META_FILE = "recommend.json"
@@ -45,13 +45,12 @@ def load_trained(workdir: str):
   from s2gr_jax import parallel  # pylint: disable=g-import-not-at-top
   from s2gr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   from s2gr_jax.sid import table as table_lib  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(fileio.read_json(fileio.join(workdir, "config.json")))
   if config.model.name in models.ITEM_SCORERS:
-    with open(os.path.join(workdir, "results.json")) as f:
-      table = table_lib.SidTable.identity(int(json.load(f)["data/num_items"]))
+    results = fileio.read_json(fileio.join(workdir, "results.json"))
+    table = table_lib.SidTable.identity(int(results["data/num_items"]))
   else:
-    table = table_lib.SidTable.load(os.path.join(workdir, "sid"))
+    table = table_lib.SidTable.load(fileio.join(workdir, "sid"))
   mesh_cfg = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, rules=()))
   mesh = parallel.make_mesh(mesh_cfg)
   make = models.model_factory(config.model, table, user_buckets=config.data.user_buckets,
@@ -121,27 +120,24 @@ def export_recommender(workdir: str, out_dir: str, beam: int = 20) -> str:
   h = config.data.max_history
   exported = jax.export.export(jax.jit(fn))(jax.ShapeDtypeStruct((b, h), jnp.int32),
                                             jax.ShapeDtypeStruct((b,), jnp.int32))
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, EXPORT_FILE)
-  with open(path, "wb") as f:
-    f.write(exported.serialize())
-  meta = {"workdir": os.path.abspath(workdir), "model": config.model.name,
+  fileio.makedirs(out_dir)
+  path = fileio.join(out_dir, EXPORT_FILE)
+  fileio.write_bytes(path, bytes(exported.serialize()))
+  meta = {"workdir": fileio.absolute(workdir), "model": config.model.name,
           "max_history": h, "beam": beam, "num_items": table.num_items,
           "sid_levels": table.num_levels, "user_buckets": config.data.user_buckets,
           "platforms": list(exported.platforms)}
-  with open(os.path.join(out_dir, META_FILE), "w") as f:
-    json.dump(meta, f, indent=2)
-  return path
+  fileio.write_json(fileio.join(out_dir, META_FILE), meta, indent=2)
+  return str(path)
 
 
 class Recommender:
   """A loaded export: ``Recommender(dir)(histories, user_ids) -> (items, scores)``."""
 
   def __init__(self, folder: str):
-    with open(os.path.join(folder, EXPORT_FILE), "rb") as f:
-      self._exported = jax.export.deserialize(bytearray(f.read()))
-    with open(os.path.join(folder, META_FILE)) as f:
-      self.meta = json.load(f)
+    self._exported = jax.export.deserialize(
+        bytearray(fileio.read_bytes(fileio.join(folder, EXPORT_FILE))))
+    self.meta = fileio.read_json(fileio.join(folder, META_FILE))
 
   def __call__(self, histories, user_ids):
     """histories: lists of item ids, oldest first (the last H are kept), or an int
@@ -168,7 +164,7 @@ def main(argv=None) -> None:
   r.add_argument("--user", type=int, default=0)
   args = p.parse_args(argv)
   if args.command == "export":
-    path = export_recommender(args.workdir, args.out or os.path.join(args.workdir, "export"),
+    path = export_recommender(args.workdir, args.out or fileio.join(args.workdir, "export"),
                               args.beam)
     print(f"wrote {path}")
   else:

@@ -20,7 +20,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe file, e.g. configs/default.py or configs/tiger_beauty.py:tiny.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if it "
-                               "holds checkpoints). A local path.")
+                               "holds checkpoints): a local path or gs://BUCKET/DIR.")
 _MULTIPROCESS = flags.DEFINE_bool(
     "multiprocess", False, "Join a multi-host run with jax.distributed.initialize() "
     "(auto-detected on Cloud TPU and SLURM, else JAX_COORDINATOR_ADDRESS, "

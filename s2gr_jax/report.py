@@ -19,31 +19,31 @@ import os
 
 import numpy as np
 
+from s2gr_jax import fileio
+
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 SEED_KEYS = ("seed",)
 
 
-def _read_json(path: str):
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+def _read_json(path):
+  return fileio.read_json(path) if fileio.exists(path) else None
 
 
 def load_run(workdir: str) -> dict:
-  config = _read_json(os.path.join(workdir, "config.json"))
-  results = _read_json(os.path.join(workdir, "results.json"))
+  """A run's outputs, from a local workdir or a gs:// one."""
+  config = _read_json(fileio.join(workdir, "config.json"))
+  results = _read_json(fileio.join(workdir, "results.json"))
   if config is None or not results:
     raise FileNotFoundError(f"{workdir}: no config.json / results.json (is it a finished "
                             "run directory?)")
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  metrics_path = fileio.join(workdir, "metrics.jsonl")
   lines = []
-  if os.path.exists(metrics_path):
-    with open(metrics_path) as f:
-      lines = [json.loads(line) for line in f if line.strip()]
+  if metrics_path.exists():
+    lines = [json.loads(line) for line in metrics_path.read_text().splitlines()
+             if line.strip()]
   return {"dir": workdir, "config": config, "results": results, "metrics": lines,
-          "env": _read_json(os.path.join(workdir, "environment.json")) or {},
-          "sid": _read_json(os.path.join(workdir, "sid", "codebook_stats.json"))}
+          "env": _read_json(fileio.join(workdir, "environment.json")) or {},
+          "sid": _read_json(fileio.join(workdir, "sid", "codebook_stats.json"))}
 
 
 def label(run: dict) -> str:

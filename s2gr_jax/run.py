@@ -1,6 +1,6 @@
 """The recipe: data → semantic IDs → train → evaluate → ``results.json``.
 
-Output contract in the workdir:
+Output contract in the workdir (a local path or a ``gs://bucket/dir`` URL: ``fileio``):
 
   config.json        the resolved config
   environment.json   package versions, devices, git commit
@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import time
 
@@ -32,6 +31,7 @@ from s2gr_jax import baselines as baselines_lib
 from s2gr_jax import checkpoints as ckpt_lib
 from s2gr_jax import config_lib
 from s2gr_jax import decoding
+from s2gr_jax import fileio
 from s2gr_jax import metric_writer
 from s2gr_jax import models
 from s2gr_jax import parallel
@@ -52,10 +52,9 @@ TABLE_COLUMNS = ("recall@1", "ndcg@1", "recall@5", "ndcg@5", "recall@10", "ndcg@
 
 # --- outputs ----------------------------------------------------------------------------
 
-def _write_json(path: str, obj) -> None:
+def _write_json(path, obj) -> None:
   if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
+    fileio.write_json(path, obj, indent=2, sort_keys=True)
 
 
 def _environment() -> dict:
@@ -95,15 +94,14 @@ def semantic_ids(config, dataset: datasets.SequenceDataset, split, workdir: str,
   if config.model.name in models.ITEM_SCORERS:
     log.info("Model %s ranks items directly: no tokenizer stage", config.model.name)
     return table_lib.SidTable.identity(dataset.num_items)
-  sid_dir = os.path.join(workdir, "sid")
+  sid_dir = fileio.join(workdir, "sid")
   if config.tokenizer.from_workdir:
     return _reuse_semantic_ids(config.tokenizer.from_workdir, dataset, sid_dir)
   key = {"tokenizer": config.tokenizer.to_dict(), "dataset": dataset.fingerprint,
          "num_items": dataset.num_items}
-  key_path = os.path.join(sid_dir, "fingerprint.json")
-  if os.path.exists(key_path):
-    with open(key_path) as f:
-      cached = json.load(f)
+  key_path = sid_dir / "fingerprint.json"
+  if key_path.exists():
+    cached = fileio.read_json(key_path)
     if cached == json.loads(json.dumps(key)):
       table = table_lib.SidTable.load(sid_dir)
       log.info("Semantic IDs: reusing %s (%d levels, sizes %s)", sid_dir,
@@ -134,10 +132,9 @@ def semantic_ids(config, dataset: datasets.SequenceDataset, split, workdir: str,
   if jax.process_index() == 0:
     table.save(sid_dir)
     diagnostics.save_stats(stats, sid_dir)
-    diagnostics.plot_usage(stats, os.path.join(sid_dir, "codebook_usage.png"))
+    diagnostics.plot_usage(stats, sid_dir / "codebook_usage.png")
     if quantized.history.get("step"):
-      diagnostics.plot_training(quantized.history,
-                                os.path.join(sid_dir, "tokenizer_training.png"))
+      diagnostics.plot_training(quantized.history, sid_dir / "tokenizer_training.png")
     _write_json(key_path, key)
   log.info("Semantic IDs (%s on %s %s): utilisation %s, perplexity %s, collision rate "
            "%.3f, unique SIDs %.3f, de-dup level size %s, %.1f s", tcfg.kind,
@@ -148,23 +145,23 @@ def semantic_ids(config, dataset: datasets.SequenceDataset, split, workdir: str,
   return table
 
 
-def _reuse_semantic_ids(source_workdir: str, dataset, sid_dir: str) -> table_lib.SidTable:
+def _reuse_semantic_ids(source_workdir: str, dataset, sid_dir) -> table_lib.SidTable:
   """Loads the SIDs another run built (``tokenizer.from_workdir``) for the same data."""
-  source = os.path.join(source_workdir, "sid")
-  key_path = os.path.join(source, "fingerprint.json")
-  if not os.path.exists(key_path):
+  source = fileio.join(source_workdir, "sid")
+  key_path = source / "fingerprint.json"
+  if not key_path.exists():
     raise FileNotFoundError(f"tokenizer.from_workdir: no Semantic IDs in {source} "
                             "(expected fingerprint.json and sid_table.npz)")
-  with open(key_path) as f:
-    key = json.load(f)
+  key = fileio.read_json(key_path)
   if key["dataset"] != dataset.fingerprint or key["num_items"] != dataset.num_items:
     raise ValueError(f"tokenizer.from_workdir: {source} was built for dataset "
                      f"{key['dataset']}, this run uses {dataset.fingerprint}")
   table = table_lib.SidTable.load(source)
-  if jax.process_index() == 0 and os.path.abspath(source) != os.path.abspath(sid_dir):
+  if (jax.process_index() == 0
+      and fileio.absolute(source) != fileio.absolute(sid_dir)):
     table.save(sid_dir)
-    _write_json(os.path.join(sid_dir, "fingerprint.json"), dict(key, copied_from=source))
-    shutil.copy(os.path.join(source, diagnostics.STATS_FILE), sid_dir)
+    _write_json(sid_dir / "fingerprint.json", dict(key, copied_from=str(source)))
+    fileio.copy(source / diagnostics.STATS_FILE, sid_dir / diagnostics.STATS_FILE)
   log.info("Semantic IDs: reusing %s (%s, %d levels, sizes %s)", source,
            key["tokenizer"]["kind"], table.num_levels, table.codebook_sizes)
   return table
@@ -175,10 +172,15 @@ def _reuse_semantic_ids(source_workdir: str, dataset, sid_dir: str) -> table_lib
 def run(config, workdir: str) -> dict:
   """Trains and evaluates ``config`` in ``workdir``; returns the results dict."""
   config_lib.validate(config)
-  config_lib.require_local_path("workdir", workdir)
-  os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  _write_json(os.path.join(workdir, "environment.json"), _environment())
+  fileio.check_run_dir("workdir", workdir)
+  fileio.makedirs(workdir)
+  try:
+    _write_json(fileio.join(workdir, "config.json"), config.to_dict())
+  except Exception as e:  # pylint: disable=broad-except  (any backend's error)
+    raise OSError(f"workdir={workdir!r}: cannot write config.json there ({type(e).__name__}: "
+                  f"{e}). Check that the directory (or the gs:// bucket) exists and is "
+                  "writable with this machine's credentials.") from e
+  _write_json(fileio.join(workdir, "environment.json"), _environment())
   mesh = parallel.make_mesh(config.mesh)
   log.info("Devices: %d × %s; mesh %s", jax.device_count(), jax.default_backend(),
            dict(mesh.shape))
@@ -192,7 +194,7 @@ def run(config, workdir: str) -> dict:
     table = semantic_ids(config, dataset, split, workdir, mesh=mesh, writer=writer,
                          has_checkpoint=ckpts.latest_step() is not None)
     if config.tokenize_only:
-      log.info("tokenize_only: Semantic IDs are in %s", os.path.join(workdir, "sid"))
+      log.info("tokenize_only: Semantic IDs are in %s", fileio.join(workdir, "sid"))
       return {}
     return _train_and_evaluate(config, workdir, mesh, dataset, split, table, ckpts,
                                writer)
@@ -286,7 +288,7 @@ def final_evaluation(config, workdir, loop, ckpts, pipes, split, dataset, evalua
       "eval/wall_s": eval_s, "eval/beam_size": config.eval.beam_size,
       "data/name": dataset.name, "data/num_users": dataset.num_users,
       "data/num_items": dataset.num_items})
-  _write_json(os.path.join(workdir, "results.json"), results)
+  _write_json(fileio.join(workdir, "results.json"), results)
   writer.write(loop.step, {f"final/{k}": v for k, v in results.items()
                            if k.startswith(("val/", "test/"))})
 
@@ -299,7 +301,6 @@ def final_evaluation(config, workdir, loop, ckpts, pipes, split, dataset, evalua
                   + results_table(rows))
   report = "\n\n".join(tables)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-      f.write(report + "\n")
+    fileio.write_text(fileio.join(workdir, "results.md"), report + "\n")
   log.info("\n%s\n", report)
   return results

@@ -229,6 +229,7 @@ def train_loop(config, *, graphdef, state, mesh, train_ds,
   window: list[dict] = meta.pop("window", [])
 
   def save_last():
+    writer.flush()  # every metrics line up to this step is stored before the checkpoint
     logged = [{k: float(v) for k, v in m.items()} for m in window]
     ckpts.save_last(step, state, data_iter, dict(meta, step=step, window=logged))
 

@@ -69,7 +69,7 @@ def test_help(name, text):
 
 def test_tpu_vm_dry_run():
   proc = script("tpu_vm.sh", *TPU, "--project", "proj", "--create", "--branch", "main",
-                "--data-dir", "gs://b/data", "--copy-results", "/tmp/results", "--dry-run",
+                "--data-dir", "/mnt/data", "--copy-results", "/tmp/results", "--dry-run",
                 "--", *MAIN_FLAGS)
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
@@ -81,8 +81,9 @@ def test_tpu_vm_dry_run():
   setup, run = lines[2], lines[3]
   assert setup.startswith(ssh + " --command ")
   assert "git clone --branch main https://example.com/s2gr_jax.git ~/s2gr_jax" in setup
-  assert "jax[tpu]" in setup and "~/s2gr_venv/bin/pip install -q -e ~/s2gr_jax" in setup
-  assert run == (ssh + " --command 'cd ~/s2gr_jax && S2GR_DATA_DIR=gs://b/data "
+  assert "jax[tpu]" in setup
+  assert "~/s2gr_venv/bin/pip install -q -e ~/s2gr_jax\\[gcs\\]" in setup  # gs:// workdirs
+  assert run == (ssh + " --command 'cd ~/s2gr_jax && S2GR_DATA_DIR=/mnt/data "
                  "~/s2gr_venv/bin/python -m s2gr_jax.main --multiprocess " +
                  " ".join(MAIN_FLAGS) + "'")
   assert lines[4] == "mkdir -p /tmp/results"

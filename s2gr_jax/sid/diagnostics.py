@@ -11,11 +11,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
+from s2gr_jax import fileio
 from s2gr_jax.sid import table as table_lib
 
 STATS_FILE = "codebook_stats.json"
@@ -55,15 +53,14 @@ def codebook_stats(table: table_lib.SidTable) -> dict:
   return stats
 
 
-def save_stats(stats: dict, folder: str) -> str:
-  os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, STATS_FILE)
-  with open(path, "w") as f:
-    json.dump(stats, f, indent=2)
-  return path
+def save_stats(stats: dict, folder) -> str:
+  fileio.makedirs(folder)
+  path = fileio.join(folder, STATS_FILE)
+  fileio.write_json(path, stats, indent=2)
+  return str(path)
 
 
-def plot_usage(stats: dict, path: str) -> None:
+def plot_usage(stats: dict, path) -> None:
   """Per-level histograms of code usage, codes sorted from most to least used."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -82,11 +79,11 @@ def plot_usage(stats: dict, path: str) -> None:
   fig.suptitle(f"collision rate {stats['collision_rate']:.3f}, unique SIDs "
                f"{stats['unique_sid_share']:.3f}", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fileio.save_figure(fig, path, dpi=110)
   plt.close(fig)
 
 
-def plot_training(history: dict, path: str) -> None:
+def plot_training(history: dict, path) -> None:
   """Utilisation per level, collision rate and reconstruction error over training."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -107,5 +104,5 @@ def plot_training(history: dict, path: str) -> None:
   for ax in axes:
     ax.set_xlabel("tokenizer step")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fileio.save_figure(fig, path, dpi=110)
   plt.close(fig)

@@ -12,9 +12,10 @@ so a node's children are one contiguous range of the next depth.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
+
+from s2gr_jax import fileio
 
 TABLE_FILE = "sid_table.npz"
 
@@ -149,16 +150,17 @@ class SidTable:
   def prefix_index(self) -> PrefixIndex:
     return build_prefix_index(self.codes, self.item_ids)
 
-  def save(self, folder: str) -> None:
-    os.makedirs(folder, exist_ok=True)
+  def save(self, folder) -> None:
+    """Writes ``folder/sid_table.npz`` (a local path or a gs:// URL)."""
+    fileio.makedirs(folder)
     books = {f"codebook_{l}": c for l, c in enumerate(self.codebooks or ())}
-    np.savez(os.path.join(folder, TABLE_FILE), codes=self.codes,
+    fileio.save_npz(fileio.join(folder, TABLE_FILE), codes=self.codes,
              item_ids=self.item_ids, codebook_sizes=np.asarray(self.codebook_sizes),
              semantic_levels=self.semantic_levels, ordered=self.ordered, **books)
 
   @classmethod
-  def load(cls, folder: str) -> "SidTable":
-    with np.load(os.path.join(folder, TABLE_FILE)) as f:
+  def load(cls, folder) -> "SidTable":
+    with fileio.load_npz(fileio.join(folder, TABLE_FILE)) as f:
       levels = int(f["semantic_levels"])
       books = (tuple(f[f"codebook_{l}"] for l in range(levels))
                if "codebook_0" in f.files else None)
