@@ -16,6 +16,7 @@ of the one before it.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import grain
@@ -25,6 +26,8 @@ import orbax.checkpoint as ocp
 from s2gr_jax import fileio
 
 log = logging.getLogger(__name__)
+
+_PROCESS_FILE = re.compile(r"^process_\d+-of-(\d+)\.json$")
 
 
 def abstract_like(tree) -> Any:
@@ -57,6 +60,8 @@ class Checkpoints:
     """Restores the newest readable checkpoint onto the shardings of ``state_like``
     and moves ``data_iter`` to its position; older ones are tried when it fails."""
     steps = sorted(self.last.all_steps(), reverse=True)
+    if steps:
+      self._check_process_count(steps[0])
     errors = []
     for step in steps:
       try:
@@ -76,6 +81,19 @@ class Checkpoints:
       return restored["state"], dict(restored["meta"])
     raise RuntimeError("no checkpoint in " + str(self.last.directory) + " can be "
                        "restored:\n" + "\n".join(errors))
+
+  def _check_process_count(self, step: int) -> None:
+    """The data-iterator positions are saved per process (``data/process_I-of-N.json``):
+    a run resumes only with the process count that saved them."""
+    names = [p.name for p in fileio.join(str(self.last.directory), str(step), "data")
+             .glob("process_*-of-*.json")]
+    counts = {int(m.group(1)) for m in map(_PROCESS_FILE.match, names) if m}
+    if counts and counts != {jax.process_count()}:
+      raise ValueError(
+          f"the checkpoint at step {step} in {self.last.directory} was saved by "
+          f"{max(counts)} processes (each keeps its own input-pipeline position) and this "
+          f"run has {jax.process_count()}: resume with {max(counts)} processes, or start "
+          "a new workdir")
 
   def save_best(self, step: int, model_state, meta: dict) -> None:
     self.best.save(step, args=ocp.args.Composite(

@@ -8,16 +8,19 @@ so the same code paths run as on a real bucket, only without credentials.
 
 import json
 import os
+import socket
 import struct
 import subprocess
+import sys
 import time
 import urllib.request
 
+import jax
 import numpy as np
 import pytest
 
 import test_run
-from test_run import TINY, tiny_config, train_losses
+from test_run import ROOT, TINY, tiny_config, train_losses
 
 BUCKET = "s2gr-test"
 
@@ -165,3 +168,74 @@ def test_bad_gs_workdirs_fail_clearly_before_training(gcs, tmp_path):
                      "local paths and gs:// URLs"):
     run.run(tiny_config(**{"tokenizer.from_workdir": "s3://b/r"}), str(tmp_path / "x"))
   assert not (tmp_path / "x").exists()
+
+
+def _free_port() -> int:
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+def _test_metrics_in_one_process(workdir: str) -> dict:
+  """Test metrics of ``workdir``'s best checkpoint, evaluated here on all users."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from s2gr_jax import checkpoints, decoding, fileio, models, parallel, train  # pylint: disable=g-import-not-at-top
+  from s2gr_jax.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
+  from s2gr_jax.sid import table as table_lib  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(fileio.read_json(fileio.join(workdir, "config.json")))
+  dataset = datasets.load_dataset(config.data)
+  table = table_lib.SidTable.load(fileio.join(workdir, "sid"))
+  mesh = parallel.make_mesh(config.mesh)
+  pipes = pipeline.Pipelines(
+      source=dataset.source, split=pipeline.LeaveOneOut.from_sequences(dataset.sequences),
+      codes=table.lookup(),
+      user_buckets=pipeline.hash_users(dataset.user_ids, config.data.user_buckets),
+      max_history=config.data.max_history, length_buckets=tuple(config.data.length_buckets),
+      shard_index=0, shard_count=1)
+  make = models.model_factory(config.model, table, user_buckets=config.data.user_buckets,
+                              max_history=config.data.max_history)
+  _, model_graphdef, state = train.create_state(
+      make, train.make_optimizer(config.train), config.seed, mesh)
+  ckpts = checkpoints.Checkpoints(workdir, 1)
+  model_state, _ = ckpts.restore_best(state[0])
+  ckpts.close()
+  index = table.prefix_index()
+  trie = jax.device_put(decoding.index_arrays(index), parallel.replicated(mesh))
+  step = train.make_eval_step(model_graphdef, mesh, beam=config.eval.beam_size,
+                              max_children=index.max_children, ks=tuple(config.eval.ks))
+  return train.evaluate(step, model_state, pipes.eval_batches("test", config.eval.batch_size),
+                        trie, mesh)
+
+
+def test_two_processes_train_one_run_into_a_bucket(gcs):
+  """jax.distributed on CPU: two processes of 2 devices each (``--multiprocess``, as on two
+  hosts) train one run into a gs:// workdir, each reading its own data shard."""
+  from s2gr_jax import run  # pylint: disable=g-import-not-at-top
+  remote = f"{gcs}/two_hosts"
+  env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}",
+         "JAX_NUM_PROCESSES": "2", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "s2gr_jax.main", "--multiprocess", "--config",
+       "configs/default.py:tiny", "--workdir", remote, *TINY], cwd=ROOT,
+      env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, out[-2000:] + err[-3000:]
+  assert "Devices: 4 × cpu; mesh {'data': 4" in outs[0][0] and "step 40/40" in outs[0][0]
+  assert "step 40/40" not in outs[1][0]  # only process 0 logs ...
+  fs = _fs()
+  assert len(fs.find(f"{BUCKET}/two_hosts/tensorboard")) == 1  # ... and writes metrics
+  lines = [json.loads(l) for l in fs.cat(f"{BUCKET}/two_hosts/metrics.jsonl").splitlines()]
+  assert [r["step"] for r in lines if "train/loss" in r] == [10, 20, 30, 40]
+  for i in range(2):  # each process saved its own input position
+    assert fs.exists(f"{BUCKET}/two_hosts/checkpoints/last/40/data/process_{i}-of-2.json")
+  # The metrics cover all users, not one host's share: evaluating the best checkpoint
+  # here, in one process, gives the same numbers.
+  results = json.loads(fs.cat(f"{BUCKET}/two_hosts/results.json"))
+  here = _test_metrics_in_one_process(remote)
+  for k in ("recall@5", "recall@10", "ndcg@10"):
+    assert here[k] == pytest.approx(results[f"test/{k}"], abs=1e-6)
+  # Resuming with another number of processes is refused, naming both.
+  with pytest.raises(ValueError, match="saved by 2 processes .* this run has 1"):
+    run.run(tiny_config(), remote)
