@@ -138,6 +138,11 @@ def test_attend_source_equals_attention_over_projected_keys_and_values():
   ref = attn.attend(x, *attn.project_kv(src), mask=mask, bias=None)
   np.testing.assert_allclose(attn.attend_source(x, src, mask=mask), ref, rtol=1e-5,
                              atol=1e-5)
+  # Keys and values cached heads-first (beam search) give the same attention.
+  k, v = attn.project_kv(src, heads_first=True)
+  assert k.shape == v.shape == (2, 3, 7, 8)
+  np.testing.assert_allclose(attn.attend(x, k, v, mask=mask, bias=None, heads_first=True),
+                             ref, rtol=1e-6, atol=1e-6)
   g = jax.random.normal(jax.random.key(3), ref.shape)  # and the same gradients
   grads = [jax.grad(lambda a, s: (f(a, s) * g).sum(), argnums=(0, 1))(x, src) for f in (
       lambda a, s: attn.attend_source(a, s, mask=mask),

@@ -249,24 +249,33 @@ class Attention(nnx.Module):
   def _split(self, x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
 
-  def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """[B, T, d] → keys and values [B, T, heads, head_dim]."""
-    return self._split(self.k(x)), self._split(self.v(x))
+  def project_kv(self, x: jax.Array, heads_first: bool = False
+                 ) -> tuple[jax.Array, jax.Array]:
+    """[..., T, d] → keys and values [..., T, heads, head_dim], or with ``heads_first``
+    [..., heads, T, head_dim]: the layout ``attend`` multiplies in, for caches that are
+    read many times (beam search)."""
+    k, v = self._split(self.k(x)), self._split(self.v(x))
+    if heads_first:
+      k, v = jnp.moveaxis(k, -2, -3), jnp.moveaxis(v, -2, -3)
+    return k, v
 
   def attend(self, x: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None,
-             bias: jax.Array | None) -> jax.Array:
-    """Queries from ``x`` [B, Q, d] attend over ``k, v`` [B, T, heads, head_dim].
+             bias: jax.Array | None, heads_first: bool = False) -> jax.Array:
+    """Queries from ``x`` [B, Q, d] attend over ``k, v`` [B, T, heads, head_dim]
+    ([B, heads, T, head_dim] with ``heads_first``).
 
     ``mask`` broadcasts to bool[B, heads, Q, T]; ``bias`` to [B, heads, Q, T].
     """
     q = self._split(self.q(x))
-    # Heads first, once: the two products then run as plain batched matmuls over
+    # Heads first: the two products then run as plain batched matmuls over
     # [B, heads, ., head_dim], and the output projection contracts heads and head_dim
     # together. On XLA:CPU this saves the layout copies that "bqhd,bkhd->bhqk" costs
-    # (about 8 % of the paper-size train step).
+    # (about 8 % of the paper-size train step); caches kept heads-first (beam search)
+    # save the remaining copy of K and V at every step.
     qh = jnp.moveaxis(q, -2, -3)
-    kh = jnp.moveaxis(k.astype(q.dtype), -2, -3)
-    vh = jnp.moveaxis(v.astype(q.dtype), -2, -3)
+    kh, vh = k.astype(q.dtype), v.astype(q.dtype)
+    if not heads_first:
+      kh, vh = jnp.moveaxis(kh, -2, -3), jnp.moveaxis(vh, -2, -3)
     scores = matmul(qh, jnp.swapaxes(kh, -1, -2), jnp.float32) / math.sqrt(self.head_dim)
     if bias is not None:
       bias = jnp.broadcast_to(bias, (1,) * (scores.ndim - bias.ndim) + bias.shape)
@@ -357,8 +366,9 @@ class DecoderLayer(nnx.Module):
     self.drop = Dropout(dropout)
 
   def _cross_and_mlp(self, x, cross, cross_mask, rngs):
-    if isinstance(cross, (tuple, list)):  # cached (keys, values)
-      h = self.cross_attn.attend(self.norm2(x), *cross, mask=cross_mask, bias=None)
+    if isinstance(cross, (tuple, list)):  # cached (keys, values), heads first
+      h = self.cross_attn.attend(self.norm2(x), *cross, mask=cross_mask, bias=None,
+                                 heads_first=True)
     else:  # the encoder states themselves
       h = self.cross_attn.attend_source(self.norm2(x), cross, mask=cross_mask)
     x = x + self.drop(h, rngs)
@@ -368,7 +378,7 @@ class DecoderLayer(nnx.Module):
     """Teacher-forced: x [B, S, d], causal over S.
 
     ``cross``: the encoder states [B, T, d] (read by ``attend_source``), or their keys and
-    values from ``cross_attn.project_kv`` (read by ``attend``).
+    values from ``cross_attn.project_kv(enc, heads_first=True)`` (read by ``attend``).
     """
     s = x.shape[1]
     causal = jnp.tril(jnp.ones((s, s), bool))[None, None]
@@ -384,7 +394,7 @@ class DecoderLayer(nnx.Module):
       x: [B, K, Q, d], the inputs at positions ``pos .. pos+Q-1`` of each of K beams.
       cache: (keys, values), each [B, K, S_max, heads, head_dim].
       pos: the first position (a Python int: decoding is unrolled).
-      cross: encoder keys/values [B, T, heads, head_dim] each, or the encoder states
+      cross: encoder keys/values [B, heads, T, head_dim] each, or the encoder states
         [B, T, d] (see ``__call__``); shared by a user's beams
         (the K×Q rows act as queries, so nothing is copied per beam).
       cross_mask: bool[B, 1, 1, T].
@@ -401,6 +411,9 @@ class DecoderLayer(nnx.Module):
     s_max = keys.shape[2]
     visible = jnp.arange(s_max)[None, :] <= (pos + jnp.arange(q))[:, None]  # [Q, S]
     flat = lambda a: a.reshape((b * kb,) + a.shape[2:])
+    # The self-attention cache stays [.., S_max, heads, head_dim]: kept heads-first it
+    # made S²GR's float32 beam search ~13 % slower (the per-step writes), unlike the
+    # cross cache.
     h = self.self_attn.attend(flat(h), flat(keys), flat(values), mask=visible[None, None],
                               bias=self_bias[None, :, pos:pos + q, :])
     x = x + self.drop(h.reshape(b, kb, q, d), rngs)

@@ -185,7 +185,7 @@ class Tiger(nnx.Module):
              for _ in self.decoder]
     return {
         "per_beam": {"cache": cache},
-        "cross": [layer.cross_attn.project_kv(enc) if project else enc
+        "cross": [layer.cross_attn.project_kv(enc, heads_first=True) if project else enc
                   for layer in self.decoder],
         "cross_mask": enc_mask[:, None, None, :],
         "bias": self.dec_bias(s_max, s_max),
