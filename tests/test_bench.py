@@ -122,3 +122,37 @@ def test_peer_data_rejects_a_catalogue_it_cannot_hold():
   seqs, feats = suites.peer_data(table, users=30, length=6)
   assert seqs.min() >= 1 and seqs.max() <= 100 and feats.dtype == np.float32
   assert os.path.basename(cornac_peer.__file__) == "cornac_peer.py"
+
+
+def test_device_peaks_match_the_most_specific_name():
+  assert suites.device_bf16_peak("NVIDIA H100 80GB HBM3") == 989e12
+  assert suites.device_bf16_peak("NVIDIA H100 PCIe") == 756e12
+  assert suites.device_bf16_peak("NVIDIA H200") == 989e12
+  assert suites.device_bf16_peak("TPU v5 lite") == 197e12
+  assert suites.device_bf16_peak("TPU v5") == 459e12
+  assert suites.device_bf16_peak("cpu") is None
+  assert suites.device_bf16_peak("Tesla T4") is None  # no bf16 tensor cores
+
+
+def test_scaling_suite_over_eight_devices_reports_mfu(tmp_path):
+  """Mesh layouts of 8 simulated devices run; FLOPs are counted per device (eight data
+  shards each do a fraction of the work); MFU is FLOP/s per device over --peak-flops.
+  (Tensor splits: tests/test_parallel.py; they are slow on simulated CPU devices.)"""
+  out = tmp_path / "scaling.json"
+  suites.main(["--suite", "scaling", "--out", str(out), "--sizes", "tiny", "--items", "300",
+               "--batch", "16", "--eval-batch", "16", "--history", "5", "--repeats", "1",
+               "--meshes", "1x1x1,8x1x1,4x2x1", "--peak-flops", "1e11"])
+  result = json.loads(out.read_text())
+  rows = result["rows"]
+  assert [tuple(r["layout"].values()) for r in rows] == [(1, 1, 1), (8, 1, 1), (4, 2, 1)]
+  one = rows[0]["train_flops_per_step"]
+  # Not exactly 1/8: the replicated optimizer update is not split.
+  assert one / 8 <= rows[1]["train_flops_per_step"] < one / 2
+  for r in rows:
+    assert r["mfu"] == pytest.approx(r["train_flops_per_s"] / 1e11)
+  assert result["device_peak"]["source"] == "--peak-flops"
+  md = (tmp_path / "scaling.md").read_text()
+  assert "| MFU |" in md and f"{100 * rows[0]['mfu']:.1f} %" in md
+  assert (tmp_path / "scaling.png").stat().st_size > 1000
+  with pytest.raises(SystemExit, match="--meshes: 4x4x1 needs 16 devices, 8 available"):
+    suites.main(["--suite", "scaling", "--out", str(out), "--meshes", "4x4x1"])

@@ -2,10 +2,16 @@
 
 ``scaling``: the train step and the beam search over mesh shapes (data / fsdp / tensor
 splits of the available devices) and model sizes, with step time, examples/s,
-tokens/s, compile time, XLA's FLOPs per step and its memory estimate per device
-(arguments + outputs + temporaries of the compiled step), plus a PNG of examples/s.
-On CPU with simulated devices it checks that every layout compiles and runs and what
-the partitioning costs; on accelerators it measures scaling.
+tokens/s, compile time, XLA's FLOPs per step and device and its memory estimate per
+device (arguments + outputs + temporaries of the compiled step), plus a PNG of
+examples/s. On CPU with simulated devices it checks that every layout compiles and runs
+and what the partitioning costs; on accelerators it measures scaling. ``scaling`` and
+``models`` give each row's ``mfu``: FLOP/s per device over the device's data-sheet dense
+bf16 peak (``DEVICE_BF16_PEAKS``: H100, H200, A100, L4, TPU v2-v6e) or ``--peak-flops``.
+On one GPU, the MFU figures of issue #5::
+
+    python -m s2gr_jax.bench --suite scaling --sizes paper,medium,large --dtype bfloat16 \
+        --out scaling_gpu.json
 
 ``models``: the cost of S²GR's thoughts. TIGER and S²GR (same backbone, same SID
 table: 3×256 codes + a de-dup level) run the jitted train step and the constrained
@@ -86,6 +92,43 @@ def synthetic_batch(table: table_lib.SidTable, batch: int, history: int, seed: i
               user_bucket=rng.integers(0, 2000, batch).astype(np.int32),
               target_item=target, target_codes=lookup[target],
               weight=np.ones(batch, np.float32))
+
+
+# Dense bfloat16 matmul peak of one JAX device (FLOP/s), from the vendors' data sheets.
+# The first name found in ``device_kind`` wins (so the PCIe and NVL H100s come before
+# the SXM one, TPU v5e's "TPU v5 lite" before v5p's "TPU v5"); TPU v2 and v3 show each
+# core as a device, later TPUs each chip.
+DEVICE_BF16_PEAKS = (
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+    ("A100", 312e12), ("L4", 121e12),
+    ("TPU v2", 22.5e12), ("TPU v3", 61.5e12), ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12), ("TPU v5", 459e12), ("TPU v6 lite", 918e12),
+)
+
+
+def device_bf16_peak(device_kind: str) -> float | None:
+  """The data-sheet dense bf16 peak of a device kind, or None (CPUs, unlisted devices)."""
+  for name, peak in DEVICE_BF16_PEAKS:
+    if name in device_kind:
+      return peak
+  return None
+
+
+def add_mfu(rows: list[dict], peak: float | None) -> None:
+  """``mfu`` of each row: its train step's FLOP/s per device (XLA's count of the
+  partitioned step, so already per device) over ``peak``; None without a peak."""
+  for r in rows:
+    rate = r.get("train_flops_per_s")
+    r["mfu"] = rate / peak if (rate and peak) else None
+
+
+def _peak_for(args) -> dict:
+  kind = jax.devices()[0].device_kind
+  if getattr(args, "peak_flops", 0):
+    return {"flops_per_s": args.peak_flops, "source": "--peak-flops", "device_kind": kind}
+  return {"flops_per_s": device_bf16_peak(kind), "device_kind": kind,
+          "source": "data sheet, dense bf16 per device (MFU of float32 runs is against "
+                    "it too)"}
 
 
 def _flops(compiled) -> float | None:
@@ -185,6 +228,7 @@ def measure_model(model_cfg, table, *, batch: int, history: int, eval_batch: int
 def suite_models(args) -> dict:
   table = synthetic_table(args.items)
   base = config_lib.base_config().model
+  peak = _peak_for(args)
   out = {}
   for name in ("tiger", "s2gr"):
     cfg = base.copy_and_resolve_references()
@@ -193,8 +237,10 @@ def suite_models(args) -> dict:
     out[name] = measure_model(cfg, table, batch=args.batch, history=args.history,
                               eval_batch=args.eval_batch, beam=args.beam,
                               repeats=args.repeats)
+    add_mfu([out[name]], peak["flops_per_s"])
     print(f"{name}: {json.dumps(out[name])}", flush=True)
   return {
+      "device_peak": peak,
       "models": out,
       "ratios": {
           "s2gr_over_tiger_train_step": (out["s2gr"]["train_step_s"]
@@ -230,26 +276,46 @@ def mesh_layouts(n: int) -> list[dict]:
   return layouts
 
 
+def _layouts(args) -> list[dict]:
+  """``--meshes`` (e.g. ``1x1x1,8x1x1``: data×fsdp×tensor), else ``mesh_layouts``."""
+  if not getattr(args, "meshes", ""):
+    return mesh_layouts(jax.device_count())
+  layouts = []
+  for spec in args.meshes.split(","):
+    try:
+      data, fsdp, tensor = (int(n) for n in spec.lower().split("x"))
+    except ValueError:
+      raise SystemExit(f"--meshes: {spec!r} is not DATAxFSDPxTENSOR, e.g. 4x2x1") from None
+    if data * fsdp * tensor > jax.device_count():
+      raise SystemExit(f"--meshes: {spec} needs {data * fsdp * tensor} devices, "
+                       f"{jax.device_count()} available")
+    layouts.append(dict(data=data, fsdp=fsdp, tensor=tensor))
+  return layouts
+
+
 def suite_scaling(args) -> dict:
   import ml_collections  # pylint: disable=g-import-not-at-top
+  layouts = _layouts(args)
   table = synthetic_table(args.items)
+  peak = _peak_for(args)
   rows = []
   for size in args.sizes.split(","):
     model_cfg = config_lib.base_config().model
     model_cfg.update(MODEL_SIZES[size])
     model_cfg.dtype = getattr(args, "dtype", "float32")
-    for layout in mesh_layouts(jax.device_count()):
+    for layout in layouts:
       mesh_cfg = ml_collections.ConfigDict(dict(layout, rules=()))
       batch = max(args.batch, layout["data"] * layout["fsdp"])
       m = measure_model(model_cfg, table, batch=batch, history=args.history,
                         eval_batch=max(args.eval_batch, layout["data"] * layout["fsdp"]),
                         beam=args.beam, repeats=args.repeats, mesh_cfg=mesh_cfg)
       m.update(size=size, layout=layout, batch=batch)
+      add_mfu([m], peak["flops_per_s"])
       print(json.dumps(m), flush=True)
       rows.append(m)
   if args.plot:
     _plot_scaling(rows, args.out.rsplit(".", 1)[0] + ".png")
-  return {"rows": rows}
+  return {"rows": rows, "device_peak": peak}
 
 
 def _plot_scaling(rows, path):
@@ -755,9 +821,9 @@ def markdown(result: dict) -> str:
     return _markdown_catalogue(result)
   if "rows" in result:  # scaling
     lines = [f"device: {result['device']}, {result['date']}", "",
-             "| size | mesh d×f×t | batch | step (s) | examples/s | tokens/s | GFLOP/step "
-             "| memory/device (MB) | decode users/s | compile (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| size | mesh d×f×t | batch | step (s) | examples/s | tokens/s | "
+             "GFLOP/step/device | MFU | memory/device (MB) | decode users/s | compile (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
       lay = r["layout"]
       mem = (r["train_memory_bytes_per_device"] or 0) / 2**20
@@ -765,23 +831,39 @@ def markdown(result: dict) -> str:
           f"| {r['size']} | {lay['data']}×{lay['fsdp']}×{lay['tensor']} | {r['batch']} | "
           f"{r['train_step_s']:.3f} | {r['train_examples_per_s']:.0f} | "
           f"{r['train_tokens_per_s']:.0f} | {(r['train_flops_per_step'] or 0) / 1e9:.1f} | "
-          f"{mem:.0f} | {r['decode_users_per_s']:.1f} | {r['compile_train_s']:.1f} |")
+          f"{_pct(r.get('mfu'))} | {mem:.0f} | {r['decode_users_per_s']:.1f} | "
+          f"{r['compile_train_s']:.1f} |")
+    lines += ["", _peak_line(result.get("device_peak"))]
     return "\n".join(lines)
   lines = [f"device: {result['device']}, {result['date']}", "",
-           "| model | params | train step (s) | examples/s | GFLOP/step | GFLOP/s | "
+           "| model | params | train step (s) | examples/s | GFLOP/step | GFLOP/s | MFU | "
            "decode users/s (beam) | compile train / decode (s) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|"]
   for name, m in result["models"].items():
     gflop = (m["train_flops_per_step"] or 0) / 1e9
     rate = (m["train_flops_per_s"] or 0) / 1e9
     lines.append(f"| {name} | {m['params']:,} | {m['train_step_s']:.3f} | "
                  f"{m['train_examples_per_s']:.0f} | {gflop:.1f} | {rate:.1f} | "
+                 f"{_pct(m.get('mfu'))} | "
                  f"{m['decode_users_per_s']:.1f} | {m['compile_train_s']:.1f} / "
                  f"{m['compile_decode_s']:.1f} |")
-  lines.append("")
+  lines += ["", _peak_line(result.get("device_peak"))]
   for k, v in result.get("ratios", {}).items():
     lines.append(f"- {k}: {v:.3f}")
   return "\n".join(lines)
+
+
+def _pct(x) -> str:
+  return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def _peak_line(peak: dict | None) -> str:
+  if not peak or not peak.get("flops_per_s"):
+    kind = (peak or {}).get("device_kind", "this device")
+    return (f"- MFU: no known peak for {kind} (pass --peak-flops FLOP/s per device; on "
+            "CPU the peer suite measures one)")
+  return (f"- MFU against {peak['flops_per_s'] / 1e12:.1f} TFLOP/s per device "
+          f"({peak['device_kind']}; {peak['source']})")
 
 
 def main(argv=None) -> None:
@@ -800,7 +882,13 @@ def main(argv=None) -> None:
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--sizes", default="paper", help="scaling: comma list of "
                  + ",".join(MODEL_SIZES))
+  p.add_argument("--meshes", default="", help="scaling: comma list of DATAxFSDPxTENSOR "
+                 "layouts (default: data-parallel over 1, 2, 4, ... devices, then the "
+                 "fsdp/tensor splits of all of them)")
   p.add_argument("--no-plot", dest="plot", action="store_false")
+  p.add_argument("--peak-flops", type=float, default=0.0,
+                 help="models/scaling: peak FLOP/s of one device for MFU (default: the "
+                 "data-sheet dense bf16 peak of known GPUs/TPUs; none on CPU)")
   g = p.add_argument_group("peer (cornac TIGER in a subprocess)")
   g.add_argument("--peer-python", default=sys.executable,
                  help="interpreter with torch + cornac (e.g. .venv-peer/bin/python); "
