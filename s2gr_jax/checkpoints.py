@@ -40,12 +40,17 @@ class Checkpoints:
 
   def __init__(self, workdir: str, max_to_keep: int):
     root = fileio.join(fileio.absolute(workdir), "checkpoints")  # local or gs://
-    self.last = ocp.CheckpointManager(
-        root / "last",
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
-    self.best = ocp.CheckpointManager(
-        root / "best",
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    # Both managers can save the same step at once (a validation that improves at a
+    # checkpoint step). With several processes their async saves meet at barriers named
+    # after the step, so each manager needs its own prefix, else the second save's
+    # barrier collides with the first's ("Barrier _async_commit_complete.40 is already
+    # ongoing") and the run hangs.
+    options = lambda keep, name: ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=name))
+    self.last = ocp.CheckpointManager(root / "last", options=options(max_to_keep, "last"))
+    self.best = ocp.CheckpointManager(root / "best", options=options(1, "best"))
 
   def latest_step(self) -> int | None:
     return self.last.latest_step()

@@ -207,27 +207,39 @@ def _test_metrics_in_one_process(workdir: str) -> dict:
                         trie, mesh)
 
 
-def test_two_processes_train_one_run_into_a_bucket(gcs):
+def test_two_processes_train_one_run_into_a_bucket(gcs, tmp_path):
   """jax.distributed on CPU: two processes of 2 devices each (``--multiprocess``, as on two
-  hosts) train one run into a gs:// workdir, each reading its own data shard."""
+  hosts) train one run into a gs:// workdir, each reading its own data shard. Step 40
+  saves both the last and the best checkpoint: their concurrent multi-process saves
+  must not share barrier names (they did, and the run hung about every other time)."""
   from s2gr_jax import run  # pylint: disable=g-import-not-at-top
   remote = f"{gcs}/two_hosts"
   env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}",
          "JAX_NUM_PROCESSES": "2", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  logs = [tmp_path / f"process_{i}.log" for i in range(2)]
   procs = [subprocess.Popen(
       [sys.executable, "-m", "s2gr_jax.main", "--multiprocess", "--config",
        "configs/default.py:tiny", "--workdir", remote, *TINY], cwd=ROOT,
-      env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, out[-2000:] + err[-3000:]
-  assert "Devices: 4 × cpu; mesh {'data': 4" in outs[0][0] and "step 40/40" in outs[0][0]
-  assert "step 40/40" not in outs[1][0]  # only process 0 logs ...
+      env={**env, "JAX_PROCESS_ID": str(i)}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+      for i, log in enumerate(logs)]
+  deadline = time.time() + 300
+  for p in procs:
+    try:
+      p.wait(timeout=max(deadline - time.time(), 1))
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+  outs = [log.read_text() for log in logs]
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, f"process {i} (rc {p.returncode}):\n{out[-4000:]}"
+  assert "Devices: 4 × cpu; mesh {'data': 4" in outs[0] and "step 40/40" in outs[0]
+  assert "step 40/40" not in outs[1]  # only process 0 logs ...
   fs = _fs()
   assert len(fs.find(f"{BUCKET}/two_hosts/tensorboard")) == 1  # ... and writes metrics
   lines = [json.loads(l) for l in fs.cat(f"{BUCKET}/two_hosts/metrics.jsonl").splitlines()]
   assert [r["step"] for r in lines if "train/loss" in r] == [10, 20, 30, 40]
+  # Step 40 both saved the last checkpoint and (val improved) the best one.
+  assert fs.exists(f"{BUCKET}/two_hosts/checkpoints/best/40/commit_success.txt")
   for i in range(2):  # each process saved its own input position
     assert fs.exists(f"{BUCKET}/two_hosts/checkpoints/last/40/data/process_{i}-of-2.json")
   # The metrics cover all users, not one host's share: evaluating the best checkpoint
