@@ -16,6 +16,7 @@ import time
 import urllib.request
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -35,7 +36,7 @@ def gcs(tmp_path_factory):
   gcsfs = pytest.importorskip("gcsfs")
   # Started here rather than with the wrapper's FakeGCSServer, which pipes the server's
   # log into a pipe nobody reads: the server blocks once it fills.
-  port = wrapper._find_free_port()  # pylint: disable=protected-access
+  port = _free_port()
   url = f"http://127.0.0.1:{port}"
   folder = tmp_path_factory.mktemp("gcs")
   with open(folder / "server.log", "wb") as log:
@@ -178,27 +179,19 @@ def _free_port() -> int:
 
 def _test_metrics_in_one_process(workdir: str) -> dict:
   """Test metrics of ``workdir``'s best checkpoint, evaluated here on all users."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from s2gr_jax import checkpoints, decoding, fileio, models, parallel, train  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from s2gr_jax import decoding, export, parallel, train  # pylint: disable=g-import-not-at-top
   from s2gr_jax.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
-  from s2gr_jax.sid import table as table_lib  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict(fileio.read_json(fileio.join(workdir, "config.json")))
+  config, table, model = export.load_trained(workdir)  # best parameters, one device
+  model_graphdef, model_state = nnx.split(model)
   dataset = datasets.load_dataset(config.data)
-  table = table_lib.SidTable.load(fileio.join(workdir, "sid"))
-  mesh = parallel.make_mesh(config.mesh)
   pipes = pipeline.Pipelines(
       source=dataset.source, split=pipeline.LeaveOneOut.from_sequences(dataset.sequences),
       codes=table.lookup(),
       user_buckets=pipeline.hash_users(dataset.user_ids, config.data.user_buckets),
       max_history=config.data.max_history, length_buckets=tuple(config.data.length_buckets),
       shard_index=0, shard_count=1)
-  make = models.model_factory(config.model, table, user_buckets=config.data.user_buckets,
-                              max_history=config.data.max_history)
-  _, model_graphdef, state = train.create_state(
-      make, train.make_optimizer(config.train), config.seed, mesh)
-  ckpts = checkpoints.Checkpoints(workdir, 1)
-  model_state, _ = ckpts.restore_best(state[0])
-  ckpts.close()
+  mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)))
   index = table.prefix_index()
   trie = jax.device_put(decoding.index_arrays(index), parallel.replicated(mesh))
   step = train.make_eval_step(model_graphdef, mesh, beam=config.eval.beam_size,
