@@ -26,7 +26,7 @@ from s2gr_jax import config_lib
 def get_config(arg: str | None = None):
   c = config_lib.base_config()
   c.data.name = "beauty"
-  c.tokenize_only = True
+  c.stages = "tokenize"
   c.tokenizer.embedding = "text"
   c.tokenizer.kind = "coba"
 

@@ -8,17 +8,23 @@ then checks values and their combinations and names the key at fault.
 
 from __future__ import annotations
 
+import difflib
 import os
 
 import ml_collections
 
 from s2gr_jax import fileio
+from s2gr_jax import models
+from s2gr_jax import stages
 from s2gr_jax.data import datasets
+from s2gr_jax.sid import quantizers
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # The stages of a run, in order (s2gr_jax/stages.py); "tokenize" alone only builds SIDs.
+  c.stages = "tokenize,train,evaluate"
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "synthetic"  # 'synthetic' or a sub-folder of data.dir (beauty, ...)
@@ -55,21 +61,26 @@ def base_config() -> ml_collections.ConfigDict:
       uniformity_percentile=10.0, balance_gamma=0.5, balance_eps=0.2, usage_decay=0.99,
       restart_every=100, restart_threshold=0.03))
   c.tokenizer.from_workdir = ""  # reuse the SIDs of another run's workdir (same data)
-  c.tokenize_only = False  # stop after writing workdir/sid (the tokenizer recipes)
 
-  c.model = ml_collections.ConfigDict(dict(
-      name="tiger", d_model=128, num_heads=6, head_dim=64, d_ff=1024,
-      encoder_layers=4, decoder_layers=4, dropout=0.1, rel_pos_buckets=32,
-      rel_pos_max_distance=128, dtype="float32",
-      # S²GR (model.name='s2gr'; other models ignore these)
-      thoughts_per_level=1, num_clusters=16, align_temperature=0.1, align_weight=1.0,
-      anchor_layers=2, nce_weight=1.0, nce_temperature=0.1, reg_weight=0.1))
+  # model.name picks the model; model.<name> is its section, one per registered model
+  # (s2gr_jax/models/__init__.py), each with the fields and defaults of its config
+  # dataclass. Only the section of model.name is used.
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "tiger"
+  c.model.kernels = "auto"  # 'cpu' (XLA:CPU speed pieces) | 'plain' | 'auto' (by backend)
+  for name in models.REGISTRY:
+    c.model[name] = ml_collections.ConfigDict(models.section_defaults(name))
+
+  # Start training (or evaluation) from another run's best checkpoint, when this workdir
+  # has none of its own: same model config, same SIDs.
+  c.init = ml_collections.ConfigDict(dict(from_workdir=""))
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=256, num_steps=20_000, lr=1e-3, warmup_steps=1_000,
       end_lr_ratio=0.01, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip=1.0,
       log_every=100, eval_every=1_000, checkpoint_every=1_000, patience=10,
-      stop_at_step=-1, progress_bar=False))
+      stop_at_step=-1, progress_bar=False,
+      trainable=""))  # '' = every parameter; else a regex over parameter paths
 
   c.eval = ml_collections.ConfigDict(dict(
       beam_size=20, batch_size=256, ks=(1, 5, 10, 20), val_users=0,
@@ -83,6 +94,39 @@ def base_config() -> ml_collections.ConfigDict:
   c.wandb = ml_collections.ConfigDict(dict(
       enabled=False, project="s2gr_jax", entity="", name="", mode="online"))
   return c
+
+
+def update_models(config: ml_collections.ConfigDict, names=None, **values) -> None:
+  """Sets ``values`` in the model sections ``names`` (default: every section) that have
+  those keys: one call sizes every encoder–decoder alike."""
+  for name in names or models.REGISTRY:
+    section = config.model[name]
+    section.update({k: v for k, v in values.items() if k in section})
+
+
+def explain_override(argv) -> str | None:
+  """A clear message for a ``--config.x.y=v`` override whose key does not exist, in
+  the terms of the model sections; None when no override is about a model."""
+  for arg in argv:
+    if not arg.startswith("--config.model."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0].split(".")
+    if len(path) == 3 and path[1] in models.REGISTRY:
+      name, key = path[1], path[2]
+      known = models.section_defaults(name)
+      if key not in known:
+        owners = [m for m in models.REGISTRY if key in models.section_defaults(m)]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = (f" ({', '.join(owners)} take{'s' if len(owners) == 1 else ''} it)" if owners
+                else f" (did you mean {close[0]!r}?)" if close else "")
+        return (f"{arg}: the {name} model has no field {key!r}{hint}; config.model.{name} "
+                f"takes: {', '.join(sorted(known))}")
+    elif len(path) == 2 and path[1] not in ("name", "kernels"):
+      owners = [m for m in models.REGISTRY if path[1] in models.section_defaults(m)]
+      if owners:
+        return (f"{arg}: model fields live in the model's own section, e.g. "
+                f"--config.model.{owners[0]}.{path[1]}=... (taken by: {', '.join(owners)})")
+  return None
 
 
 def require_local_path(what: str, path: str) -> None:
@@ -113,22 +157,40 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values and combinations; raises ValueError naming the key."""
   require_local_path("config.data.dir", config.data.dir)
   require_local_path("config.data.tfds_dir", config.data.tfds_dir)
-  if config.tokenizer.from_workdir:
-    fileio.check_run_dir("config.tokenizer.from_workdir", config.tokenizer.from_workdir)
+  for what in ("tokenizer.from_workdir", "init.from_workdir"):
+    value = config[what.split(".")[0]][what.split(".")[1]]
+    if value:
+      fileio.check_run_dir(f"config.{what}", value)
+  names = stages.parse(config.stages)
+  if "evaluate" in names and "train" not in names and not config.init.from_workdir:
+    raise ValueError(f"config.stages={config.stages!r}: 'evaluate' needs a model: add "
+                     "'train' before it or set config.init.from_workdir")
   _choice("data.on_short_sequence", config.data.on_short_sequence, ("error", "drop"))
   _choice("tokenizer.embedding", config.tokenizer.embedding,
           ("attributes", "text_tfidf", "text", "npy"))
-  _choice("tokenizer.kind", config.tokenizer.kind, ("rqkmeans", "rqvae", "coba"))
-  _choice("model.name", config.model.name, ("tiger", "s2gr", "sasrec"))
-  _choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+  _choice("tokenizer.kind", config.tokenizer.kind, quantizers.KINDS)
+  _choice("model.name", config.model.name, tuple(models.REGISTRY))
+  _choice("model.kernels", config.model.kernels, ("auto", "cpu", "plain"))
+  for name in models.REGISTRY:  # a key a model does not take fails, naming the model
+    if name not in config.model:
+      raise ValueError(f"config.model has no section {name!r} (config.model.{name})")
+    models.check_section(name, config.model[name].to_dict())
+  section = f"model.{config.model.name}"
+  model = config.model[config.model.name]
+  if "dtype" in model:
+    _choice(f"{section}.dtype", model.dtype, ("float32", "bfloat16"))
+  _positive(config, *(f"{section}.{k}" for k in (
+      "d_model", "num_heads", "head_dim", "d_ff", "encoder_layers", "decoder_layers")
+                      if k in model))
+  if "dropout" in model and not 0 <= model.dropout < 1:
+    raise ValueError(f"config.{section}.dropout={model.dropout} must be in [0, 1)")
   _choice("wandb.mode", config.wandb.mode, ("online", "offline", "disabled"))
   _positive(config, "data.max_history", "data.user_buckets", "tokenizer.embedding_dim",
             "tokenizer.levels", "tokenizer.codebook_size", "tokenizer.kmeans_iters",
             "tokenizer.rqvae.latent_dim", "tokenizer.rqvae.steps",
             "tokenizer.rqvae.batch_size", "tokenizer.rqvae.lr",
-            "tokenizer.rqvae.log_every", "tokenizer.coba.window", "model.d_model",
-            "model.num_heads", "model.head_dim", "model.d_ff", "model.encoder_layers",
-            "model.decoder_layers", "train.batch_size", "train.num_steps", "train.lr",
+            "tokenizer.rqvae.log_every", "tokenizer.coba.window",
+            "train.batch_size", "train.num_steps", "train.lr",
             "train.log_every", "train.eval_every", "train.checkpoint_every",
             "eval.beam_size", "eval.batch_size", "checkpoint.max_to_keep")
   buckets = tuple(config.data.length_buckets)
@@ -138,8 +200,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if buckets[-1] != config.data.max_history:
     raise ValueError(f"config.data.length_buckets must end at data.max_history="
                      f"{config.data.max_history}, got {buckets}")
-  if not 0 <= config.model.dropout < 1:
-    raise ValueError(f"config.model.dropout={config.model.dropout} must be in [0, 1)")
   if config.eval.beam_size < max(config.eval.ks):
     raise ValueError(f"config.eval.beam_size={config.eval.beam_size} must be at least "
                      f"max(eval.ks)={max(config.eval.ks)}")
@@ -173,8 +233,8 @@ def synthetic_recipe(arg: str | None = None, model: str = "tiger") -> ml_collect
   c.tokenizer.embedding = "attributes"
   c.tokenizer.embedding_dim = 32
   c.tokenizer.codebook_size = 64
-  c.model.update(d_model=64, num_heads=4, head_dim=16, d_ff=256, encoder_layers=2,
-                 decoder_layers=2, dropout=0.1, anchor_layers=1)
+  update_models(c, d_model=64, num_heads=4, head_dim=16, d_ff=256, encoder_layers=2,
+                decoder_layers=2, dropout=0.1, anchor_layers=1)
   c.train.update(batch_size=128, num_steps=1000, lr=3e-3, warmup_steps=100,
                  log_every=100, eval_every=500, checkpoint_every=500, patience=3)
   c.eval.update(batch_size=256)
@@ -182,8 +242,8 @@ def synthetic_recipe(arg: str | None = None, model: str = "tiger") -> ml_collect
   def tiny(c):
     c.data.synthetic.update(num_users=300, num_items=200)
     c.tokenizer.codebook_size = 16
-    c.model.update(d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=1,
-                   decoder_layers=1, num_clusters=4)
+    update_models(c, d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=1,
+                  decoder_layers=1, num_clusters=4)
     c.train.update(batch_size=32, num_steps=40, warmup_steps=5, log_every=10,
                    eval_every=20, checkpoint_every=20)
     c.eval.update(batch_size=64)
@@ -206,9 +266,9 @@ def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.C
   c.tokenizer.embedding = "text"
   c.tokenizer.kind = {"tiger": "rqvae", "s2gr": "coba", "sasrec": "rqkmeans"}[model]
   c.model.name = model
-  if model == "sasrec":  # the tuned SASRec shape: small, more dropout
-    c.model.update(d_model=64, num_heads=2, head_dim=32, d_ff=256, encoder_layers=2,
-                   dropout=0.2)
+  # The tuned SASRec shape (small, more dropout) is its section's default.
+  c.model.sasrec.update(d_model=64, num_heads=2, head_dim=32, d_ff=256, encoder_layers=2,
+                        dropout=0.2)
   c.train.update(batch_size=256, num_steps=200_000, lr=1e-3, warmup_steps=10_000,
                  log_every=200, eval_every=5_000, checkpoint_every=5_000, patience=10)
   c.eval.update(batch_size=256, beam_size=20, val_users=5_000)
@@ -218,10 +278,9 @@ def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.C
                    eval_every=500, checkpoint_every=250, patience=4)
     c.eval.val_users = 3_000
 
-  def small_model(c):
-    if model != "sasrec":
-      c.model.update(d_model=64, num_heads=4, head_dim=16, d_ff=256, encoder_layers=2,
-                     decoder_layers=2, anchor_layers=1)
+  def small_model(c):  # the SID generators; SASRec keeps its tuned shape
+    update_models(c, ("tiger", "s2gr"), d_model=64, num_heads=4, head_dim=16, d_ff=256,
+                  encoder_layers=2, decoder_layers=2, anchor_layers=1)
 
   def tiny(c):
     c.tokenizer.update(embedding="text_tfidf", embedding_dim=64, kind="rqkmeans")

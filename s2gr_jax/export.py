@@ -26,15 +26,10 @@ import ml_collections
 import numpy as np
 
 from s2gr_jax import fileio
+from s2gr_jax.data import batches
 
 EXPORT_FILE = "recommend.jaxexport"
 META_FILE = "recommend.json"
-
-
-def _hash_users(user_ids, num_buckets: int):
-  """The same hash as ``data.pipeline.hash_users``, in JAX (uint32 arithmetic)."""
-  h = jnp.asarray(user_ids).astype(jnp.uint32) * jnp.uint32(2654435761)
-  return (h % jnp.uint32(num_buckets)).astype(jnp.int32)
 
 
 def load_trained(workdir: str):
@@ -46,15 +41,15 @@ def load_trained(workdir: str):
   from s2gr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   from s2gr_jax.sid import table as table_lib  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(fileio.read_json(fileio.join(workdir, "config.json")))
-  if config.model.name in models.ITEM_SCORERS:
+  if not models.get(config.model.name).uses_sids:
     results = fileio.read_json(fileio.join(workdir, "results.json"))
     table = table_lib.SidTable.identity(int(results["data/num_items"]))
   else:
     table = table_lib.SidTable.load(fileio.join(workdir, "sid"))
   mesh_cfg = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, rules=()))
   mesh = parallel.make_mesh(mesh_cfg)
-  make = models.model_factory(config.model, table, user_buckets=config.data.user_buckets,
-                              max_history=config.data.max_history)
+  make = models.build(config.model, table, user_buckets=config.data.user_buckets,
+                      max_history=config.data.max_history)
   _, model_graphdef, state = train_lib.create_state(
       make, train_lib.make_optimizer(config.train), config.seed, mesh)
   ckpts = ckpt_lib.Checkpoints(workdir, config.checkpoint.max_to_keep)
@@ -69,45 +64,27 @@ def load_trained(workdir: str):
 
 
 def history_batch(config, table, history_items, user_ids, target_items=None) -> dict:
-  """A model batch from raw histories int[B, H] (left-aligned, 0-padded) and user ids.
+  """A model batch from raw histories int[B, H] (left-aligned, 0-padded) and user ids,
+  in JAX (``data.batches``; users hashed as in training).
 
   ``target_items`` (optional) fills the target fields, e.g. to look at the thoughts a
   model forms on the way to a given item.
   """
-  items = jnp.asarray(history_items, jnp.int32)
-  lookup = jnp.asarray(table.lookup())
-  target = (jnp.zeros(items.shape[0], jnp.int32) if target_items is None
-            else jnp.asarray(target_items, jnp.int32))
-  return {
-      "history_items": items,
-      "history_codes": lookup[items],
-      "history_mask": items > 0,
-      "user_bucket": _hash_users(user_ids, config.data.user_buckets),
-      "target_item": target,
-      "target_codes": lookup[target],
-      "weight": jnp.ones(items.shape[0], jnp.float32),
-  }
-
-
-def pad_histories(histories, max_history: int) -> np.ndarray:
-  """Lists of item ids (oldest first) → int32[B, max_history], the last items kept."""
-  rows = np.zeros((len(histories), max_history), np.int32)
-  for i, hist in enumerate(histories):
-    hist = list(hist)[-max_history:]
-    rows[i, :len(hist)] = hist
-  return rows
+  return batches.from_histories(
+      history_items, table.lookup(),
+      batches.hash_users(user_ids, config.data.user_buckets, xp=jnp),
+      target_items=target_items, xp=jnp)
 
 
 def recommend_fn(config, table, model, beam: int):
   """The pure function that gets exported: raw histories → top items and scores."""
   from s2gr_jax import decoding  # pylint: disable=g-import-not-at-top
-  index = table.prefix_index()
-  trie = decoding.index_arrays(index)
+  from s2gr_jax import models  # pylint: disable=g-import-not-at-top
+  index = decoding.make_index(table, models.get(config.model.name).search)
 
   def recommend(history_items, user_ids):
     batch = history_batch(config, table, history_items, user_ids)
-    return decoding.recommend(model, batch, trie, beam=beam,
-                              max_children=index.max_children)
+    return decoding.recommend(model, batch, index, beam=beam)
 
   return recommend
 
@@ -143,7 +120,7 @@ class Recommender:
     """histories: lists of item ids, oldest first (the last H are kept), or an int
     array [B, H] left-aligned and padded with 0."""
     if not isinstance(histories, np.ndarray):
-      histories = pad_histories(histories, self.meta["max_history"])
+      histories = batches.pad_histories(histories, self.meta["max_history"])
     users = np.asarray(user_ids, np.int32)
     items, scores = self._exported.call(jnp.asarray(histories, jnp.int32),
                                         jnp.asarray(users))

@@ -63,6 +63,19 @@ def enable_compilation_cache() -> None:
         os.path.expanduser("~"), ".cache", "s2gr_jax", "jax_compilation_cache"))
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with a one-line error for an override of a key that does not
+  exist in a model's section (ml_collections raises a bare KeyError there)."""
+  try:
+    return flags.FLAGS(argv)
+  except (KeyError, AttributeError) as e:
+    from s2gr_jax import config_lib  # pylint: disable=g-import-not-at-top
+    message = config_lib.explain_override(argv[1:])
+    if message is None:
+      raise
+    raise SystemExit(f"error: {message}") from e
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -76,4 +89,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,13 +1,16 @@
-"""Training and evaluation of a generator: state, jitted steps, the loop.
+"""Training of a model: optimizer, shape-first state, the supervised step, the loop.
 
-Read top to bottom: optimizer → shape-first state → train step → eval step → the loop
-(progress, validation, early stopping, checkpoints, resume).
+Read top to bottom: optimizer → what is trainable → shape-first state → the supervised
+train step → the loop (progress, validation, early stopping, checkpoints, resume).
+The loop takes its step as an argument, so another objective (an RL step with a frozen
+reference policy, adapters) trains through the same loop; evaluation is ``evaluate.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import signal
 import time
 from typing import Any, Callable
@@ -16,12 +19,10 @@ from flax import nnx
 import jax
 import numpy as np
 import optax
-from jax.sharding import PartitionSpec as P
 
 from s2gr_jax import checkpoints as ckpt_lib
-from s2gr_jax import decoding
-from s2gr_jax import metrics as metrics_lib
 from s2gr_jax import parallel
+from s2gr_jax.data import batches as batches_lib
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,43 @@ def make_optimizer(tcfg) -> optax.GradientTransformation:
                   weight_decay=tcfg.weight_decay, mask=decay_mask))
 
 
+# --- what is trainable -------------------------------------------------------------------
+
+ALL_PARAMS = nnx.Param
+
+
+def trainable(spec: str = ""):
+  """An NNX filter of the parameters the optimizer updates (``train.trainable``).
+
+  ``""``: every ``nnx.Param`` (full training). Otherwise a regular expression over
+  parameter paths (``decoder/0/mlp/wi/kernel``): the matching parameters train, the
+  rest stay frozen. Adapters pass their own variable type (e.g. ``nnx.LoRAParam``)
+  straight to ``create_state`` and ``make_train_step``.
+  """
+  if not spec:
+    return ALL_PARAMS
+  try:
+    pattern = re.compile(spec)
+  except re.error as e:
+    raise ValueError(f"config.train.trainable={spec!r} is not a regular expression: "
+                     f"{e}") from e
+
+  def on_path(path, _):
+    return bool(pattern.search("/".join(str(p) for p in path)))
+
+  return nnx.All(nnx.Param, on_path)
+
+
 # --- state, built shape-first -----------------------------------------------------------
 
 def create_state(make_model: Callable[[nnx.Rngs], nnx.Module],
                  tx: optax.GradientTransformation, seed: int, mesh,
-                 rules=parallel.DEFAULT_RULES):
+                 rules=parallel.DEFAULT_RULES, wrt=ALL_PARAMS):
   """Graph definitions and the state of (model, optimizer), created on the mesh.
 
   ``nnx.eval_shape`` gives the structure without allocating; one jitted init then
-  materialises every array directly with its sharding from ``rules``.
+  materialises every array directly with its sharding from ``rules``. The optimizer
+  holds moments for the parameters ``wrt`` selects (``trainable``).
 
   Returns:
     graphdef of (model, optimizer), graphdef of the model alone, and the state;
@@ -59,9 +88,12 @@ def create_state(make_model: Callable[[nnx.Rngs], nnx.Module],
   """
   def init():
     model = make_model(nnx.Rngs(params=jax.random.key(seed)))
-    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+    return model, nnx.Optimizer(model, tx, wrt=wrt)
 
   abstract_model, abstract_opt = nnx.eval_shape(init)
+  if wrt is not ALL_PARAMS and not jax.tree.leaves(nnx.state(abstract_model, wrt)):
+    raise ValueError("no parameter is trainable: the trainable filter (train.trainable) "
+                     "matches none of the model's parameter paths")
   graphdef, abstract = nnx.split((abstract_model, abstract_opt))
   model_graphdef = nnx.split(abstract_model)[0]
   shardings = parallel.state_shardings(abstract, mesh, rules)
@@ -75,15 +107,21 @@ def param_count(state) -> int:
 
 # --- steps ------------------------------------------------------------------------------
 
-def make_train_step(graphdef, schedule):
-  """Pure train step: (state, batch, base_key) → (state, metrics); state is donated."""
+def make_train_step(graphdef, schedule, wrt=ALL_PARAMS):
+  """The supervised step: (state, batch, base_key) → (state, metrics); state is donated.
+
+  Gradients of ``model.loss`` for the parameters ``wrt`` selects; dropout keys are the
+  base key folded with the step. Any step with this signature (extra arguments after
+  ``base_key`` are passed through by ``train_loop``'s ``step_args``) trains in the loop.
+  """
 
   def train_step(state, batch, base_key):
     model, opt = nnx.merge(graphdef, state)
     step = opt.step[...]
     key = jax.random.fold_in(base_key, step)
     (_, metrics), grads = nnx.value_and_grad(
-        lambda m: m.loss(batch, nnx.Rngs(dropout=key)), has_aux=True)(model)
+        lambda m: m.loss(batch, nnx.Rngs(dropout=key)), has_aux=True,
+        argnums=nnx.DiffState(0, wrt))(model)
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["lr"] = schedule(step)
     opt.update(model, grads)
@@ -91,58 +129,6 @@ def make_train_step(graphdef, schedule):
     return nnx.split((model, opt))[1], metrics
 
   return jax.jit(train_step, donate_argnums=0)
-
-
-def make_eval_step(model_graphdef, mesh, *, beam: int, max_children: tuple[int, ...],
-                   ks):
-  """Ranking + metric sums for one batch: (model_state, batch, trie) → sums.
-
-  Decoding is independent per user, so each device searches its own slice of the batch
-  (``shard_map`` over the batch axes; parameters are gathered whole into it) and only
-  the metric sums are added across devices.
-  """
-
-  def local_step(model_state, batch, trie):
-    model = nnx.merge(model_graphdef, model_state)
-    items, _ = decoding.recommend(model, batch, trie, beam=beam,
-                                 max_children=max_children)
-    sums = metrics_lib.rank_metric_sums(items, batch["target_item"], batch["weight"], ks)
-    return jax.tree.map(lambda x: jax.lax.psum(x, parallel.BATCH_AXES), sums)
-
-  batch = P(parallel.BATCH_AXES)
-  return jax.jit(jax.shard_map(local_step, mesh=mesh, in_specs=(P(), batch, P()),
-                               out_specs=P()))
-
-
-def evaluate(eval_step, model_state, batches, trie, mesh, *, by_length: bool = False):
-  """Metrics over evaluation batches (and per history-length bucket if ``by_length``).
-
-  One batch is in flight while the previous one's sums come back: the device never
-  waits for the host, and the queue of dispatched work stays short.
-
-  Returns:
-    metrics, or (metrics, {bucket length: metrics}) with ``by_length``.
-  """
-  sums: dict[int, dict] = {}
-
-  def collect(length, out):
-    sums[length] = metrics_lib.add(sums.get(length), jax.device_get(out))
-
-  pending = None
-  for batch in batches:
-    out = eval_step(model_state, parallel.shard_batch(batch, mesh), trie)
-    if pending is not None:
-      collect(*pending)
-    pending = (batch["history_items"].shape[1], out)
-  collect(*pending)
-  total = None
-  for part in sums.values():
-    total = metrics_lib.add(total, part)
-  overall = metrics_lib.finalize(total)
-  if not by_length:
-    return overall
-  return overall, {length: dict(metrics_lib.finalize(s), users=int(s["count"]))
-                   for length, s in sorted(sums.items()) if float(s["count"]) > 0}
 
 
 # --- the loop ---------------------------------------------------------------------------
@@ -199,17 +185,20 @@ class StopSignals:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_loop(config, *, graphdef, state, mesh, train_ds,
+def train_loop(config, *, train_step, state, mesh, train_ds,
                validate: Callable[[Any], dict[str, float]],
-               ckpts: ckpt_lib.Checkpoints, writer, examples_per_step: int) -> LoopResult:
+               ckpts: ckpt_lib.Checkpoints, writer, examples_per_step: int,
+               step_args: tuple = ()) -> LoopResult:
   """Runs (or resumes) training to ``train.num_steps`` with validation and early stop.
 
-  ``validate(model_state)`` returns validation metrics; the best model state by
-  ``eval.select_metric`` goes to the best checkpoint.
+  ``train_step(state, batch, base_key, *step_args) -> (state, metrics)`` is the jitted
+  step (``make_train_step`` for supervised training); its metrics must hold ``loss`` and
+  ``grad_norm`` (checked for NaN). ``state[0]`` is the model's state: what
+  ``validate(model_state)`` scores and the best checkpoint (by ``eval.select_metric``)
+  keeps.
   """
   tcfg = config.train
   select = config.eval.select_metric
-  train_step = make_train_step(graphdef, make_schedule(tcfg))
   base_key = jax.random.key(config.seed)
   data_iter = iter(train_ds)
 
@@ -248,17 +237,18 @@ def train_loop(config, *, graphdef, state, mesh, train_ds,
         log.info("Stopping at step %d (train.stop_at_step); rerun to continue.", step)
         break
       batch = parallel.shard_batch(next(data_iter), mesh)
-      shape = tuple(batch["history_codes"].shape)
-      if shape not in seen_shapes:
-        seen_shapes.add(shape)
-        log.info("Compiling the train step for batch shape %s ...", shape)
+      shapes = batches_lib.shapes(batch)
+      if shapes not in seen_shapes:
+        seen_shapes.add(shapes)
+        log.info("Compiling the train step for batch shape %s ...",
+                 tuple(batch["history_codes"].shape))
         t0 = time.time()
-        state, step_metrics = train_step(state, batch, base_key)
+        state, step_metrics = train_step(state, batch, base_key, *step_args)
         jax.block_until_ready(step_metrics)
         log.info("  compiled and ran in %.1f s", time.time() - t0)
         window_start += time.time() - t0  # keep compile time out of the throughput
       else:
-        state, step_metrics = train_step(state, batch, base_key)
+        state, step_metrics = train_step(state, batch, base_key, *step_args)
       step += 1
       if pending is not None:
         _check_finite(*pending, ckpts)

@@ -4,6 +4,7 @@ from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 
+from s2gr_jax.data import batches
 from s2gr_jax.models import tiger
 from s2gr_jax.sid import table as table_lib
 
@@ -24,13 +25,11 @@ def tiny_tiger(table, seed=0, dropout=0.0, **kw) -> tiger.Tiger:
 
 def batch(table, batch_size=3, history=5, seed=0) -> dict:
   rng = np.random.default_rng(seed)
-  lookup = table.lookup()
   items = rng.integers(1, table.num_items + 1, (batch_size, history))
   lengths = rng.integers(1, history + 1, batch_size)
   items[np.arange(history)[None] >= lengths[:, None]] = 0
   target = rng.integers(1, table.num_items + 1, batch_size)
-  return {k: jnp.asarray(v) for k, v in dict(
-      history_items=items.astype(np.int32), history_codes=lookup[items],
-      history_mask=items > 0, user_bucket=np.arange(batch_size, dtype=np.int32) % 10,
-      target_item=target.astype(np.int32), target_codes=lookup[target],
-      weight=np.ones(batch_size, np.float32)).items()}
+  built = batches.from_histories(items, table.lookup(),
+                                 np.arange(batch_size, dtype=np.int32) % 10,
+                                 target_items=target)
+  return {k: jnp.asarray(v) for k, v in built.items()}

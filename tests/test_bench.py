@@ -10,8 +10,10 @@ import sys
 import numpy as np
 import pytest
 
+from s2gr_jax.bench import cli
+from s2gr_jax.bench import common
 from s2gr_jax.bench import cornac_peer
-from s2gr_jax.bench import suites
+from s2gr_jax.bench import peer
 
 CORNAC = {  # what cornac_peer.py prints (figures made up, shapes real)
     "versions": {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.23.0",
@@ -43,17 +45,17 @@ def test_peer_suite_with_stub_cornac(tmp_path, monkeypatch):
     assert seqs.shape[1] == spec["history"] + 3
     # enough training samples for the warm-up step + the timed ones, full batches
     assert seqs.shape[0] * spec["history"] >= (spec["train_steps"] + 1) * spec["batch"]
-    assert spec["model"] == dict(suites.MODEL_SIZES["tiny"], dropout=0.1)
+    assert spec["model"] == dict(common.MODEL_SIZES["tiny"], dropout=0.1)
     assert (spec["batch"], spec["beam"], spec["threads"]) == (8, 4, 2)
     return dict(CORNAC)
 
-  monkeypatch.setattr(suites, "run_peer", stub)
+  monkeypatch.setattr(peer, "run_peer", stub)
   out = tmp_path / "peer.json"
-  suites.main(["--suite", "peer", "--out", str(out), "--sizes", "tiny", "--items", "300",
-               "--batch", "8", "--history", "4", "--eval-batch", "4", "--beam", "4",
-               "--repeats", "1", "--peer-users", "2", "--peer-threads", "2",
-               "--peak-n", "128", "--peer-python", "/nonexistent/python",
-               "--dtypes", "float32,bfloat16"])
+  cli.main(["--suite", "peer", "--out", str(out), "--sizes", "tiny", "--items", "300",
+            "--batch", "8", "--history", "4", "--eval-batch", "4", "--beam", "4",
+            "--repeats", "1", "--peer-users", "2", "--peer-threads", "2",
+            "--peak-n", "128", "--peer-python", "/nonexistent/python",
+            "--dtypes", "float32,bfloat16"])
   assert [c[0] for c in calls] == ["--check", "--spec"]
   r = json.loads(out.read_text())
   ours, peak = r["ours"], r["machine_peak_flops_per_s"]
@@ -88,20 +90,20 @@ def test_peer_suite_with_stub_cornac(tmp_path, monkeypatch):
 
 def test_unknown_dtype_is_refused_before_any_work(capsys):
   with pytest.raises(SystemExit):
-    suites.main(["--suite", "peer", "--out", "/nonexistent/x.json", "--dtypes",
-                 "float32,float16"])
+    cli.main(["--suite", "peer", "--out", "/nonexistent/x.json", "--dtypes",
+              "float32,float16"])
   assert "--dtypes takes float32 and/or bfloat16, got 'float16'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cornac") is not None,
                     reason="cornac is installed in this interpreter")
 def test_missing_cornac_names_the_install_command():
-  with pytest.raises(suites.PeerError) as e:
-    suites.run_peer(sys.executable, ["--check"], 120)
+  with pytest.raises(peer.PeerError) as e:
+    peer.run_peer(sys.executable, ["--check"], 120)
   assert cornac_peer.INSTALL in str(e.value)
   assert "--peer-python" in str(e.value)
-  with pytest.raises(suites.PeerError) as e:
-    suites.run_peer("/nonexistent/python", ["--check"], 120)
+  with pytest.raises(peer.PeerError) as e:
+    peer.run_peer("/nonexistent/python", ["--check"], 120)
   assert cornac_peer.INSTALL in str(e.value)
 
 
@@ -109,29 +111,29 @@ def test_run_peer_reads_the_last_json_line(tmp_path):
   fake = tmp_path / "python"  # a stand-in interpreter: noise, then the JSON line
   fake.write_text("#!/bin/sh\necho 'some library chatter'\necho '{\"ok\": 1}'\n")
   fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-  assert suites.run_peer(str(fake), ["--check"], 60) == {"ok": 1}
+  assert peer.run_peer(str(fake), ["--check"], 60) == {"ok": 1}
   fake.write_text("#!/bin/sh\necho 'Traceback: boom'\nexit 1\n")
-  with pytest.raises(suites.PeerError, match="status 1 without a JSON result"):
-    suites.run_peer(str(fake), ["--check"], 60)
+  with pytest.raises(peer.PeerError, match="status 1 without a JSON result"):
+    peer.run_peer(str(fake), ["--check"], 60)
 
 
 def test_peer_data_rejects_a_catalogue_it_cannot_hold():
-  table = suites.synthetic_table(100)
+  table = common.synthetic_table(100)
   with pytest.raises(ValueError, match="cannot hold"):
-    suites.peer_data(table, users=10, length=6)
-  seqs, feats = suites.peer_data(table, users=30, length=6)
+    peer.peer_data(table, users=10, length=6)
+  seqs, feats = peer.peer_data(table, users=30, length=6)
   assert seqs.min() >= 1 and seqs.max() <= 100 and feats.dtype == np.float32
   assert os.path.basename(cornac_peer.__file__) == "cornac_peer.py"
 
 
 def test_device_peaks_match_the_most_specific_name():
-  assert suites.device_bf16_peak("NVIDIA H100 80GB HBM3") == 989e12
-  assert suites.device_bf16_peak("NVIDIA H100 PCIe") == 756e12
-  assert suites.device_bf16_peak("NVIDIA H200") == 989e12
-  assert suites.device_bf16_peak("TPU v5 lite") == 197e12
-  assert suites.device_bf16_peak("TPU v5") == 459e12
-  assert suites.device_bf16_peak("cpu") is None
-  assert suites.device_bf16_peak("Tesla T4") is None  # no bf16 tensor cores
+  assert common.device_bf16_peak("NVIDIA H100 80GB HBM3") == 989e12
+  assert common.device_bf16_peak("NVIDIA H100 PCIe") == 756e12
+  assert common.device_bf16_peak("NVIDIA H200") == 989e12
+  assert common.device_bf16_peak("TPU v5 lite") == 197e12
+  assert common.device_bf16_peak("TPU v5") == 459e12
+  assert common.device_bf16_peak("cpu") is None
+  assert common.device_bf16_peak("Tesla T4") is None  # no bf16 tensor cores
 
 
 def test_scaling_suite_over_eight_devices_reports_mfu(tmp_path):
@@ -139,9 +141,9 @@ def test_scaling_suite_over_eight_devices_reports_mfu(tmp_path):
   shards each do a fraction of the work); MFU is FLOP/s per device over --peak-flops.
   (Tensor splits: tests/test_parallel.py; they are slow on simulated CPU devices.)"""
   out = tmp_path / "scaling.json"
-  suites.main(["--suite", "scaling", "--out", str(out), "--sizes", "tiny", "--items", "300",
-               "--batch", "16", "--eval-batch", "16", "--history", "5", "--repeats", "1",
-               "--meshes", "1x1x1,8x1x1,4x2x1", "--peak-flops", "1e11"])
+  cli.main(["--suite", "scaling", "--out", str(out), "--sizes", "tiny", "--items", "300",
+            "--batch", "16", "--eval-batch", "16", "--history", "5", "--repeats", "1",
+            "--meshes", "1x1x1,8x1x1,4x2x1", "--peak-flops", "1e11"])
   result = json.loads(out.read_text())
   rows = result["rows"]
   assert [tuple(r["layout"].values()) for r in rows] == [(1, 1, 1), (8, 1, 1), (4, 2, 1)]
@@ -155,4 +157,4 @@ def test_scaling_suite_over_eight_devices_reports_mfu(tmp_path):
   assert "| MFU |" in md and f"{100 * rows[0]['mfu']:.1f} %" in md
   assert (tmp_path / "scaling.png").stat().st_size > 1000
   with pytest.raises(SystemExit, match="--meshes: 4x4x1 needs 16 devices, 8 available"):
-    suites.main(["--suite", "scaling", "--out", str(out), "--meshes", "4x4x1"])
+    cli.main(["--suite", "scaling", "--out", str(out), "--meshes", "4x4x1"])

@@ -4,14 +4,15 @@ import types
 
 import numpy as np
 
-from s2gr_jax.bench import suites
+from s2gr_jax.bench import catalogue
+from s2gr_jax.bench import common
 
 
 def test_trie_bytes_linear_in_items_never_in_codes_to_the_levels():
   per_item, levels = {}, set()
   for n in (8_000, 32_000):  # both with a de-dup level (4 levels)
-    table = suites.synthetic_table(n)
-    stats = suites.trie_stats(table.prefix_index())
+    table = common.synthetic_table(n)
+    stats = catalogue.trie_stats(table.prefix_index())
     nodes = stats["trie_nodes_per_depth"]
     # child_start + child_count per inner node, node_code per non-root node, leaf_item.
     assert stats["trie_bytes"] == 4 * (2 * sum(nodes[:-1]) + sum(nodes[1:]) + nodes[-1])
@@ -24,8 +25,8 @@ def test_trie_bytes_linear_in_items_never_in_codes_to_the_levels():
   # 4x the items, ~4x the bytes (upper levels saturate at 256 nodes, so a bit less).
   assert abs(per_item[32_000] / per_item[8_000] - 1) < 0.15, per_item
   # 4 levels of 4,096 codes (2.8e14 possible SIDs): the same items cost the same bytes.
-  wide = suites.synthetic_table(4_000, levels=4, codebook=4_096)
-  wide_stats = suites.trie_stats(wide.prefix_index())
+  wide = common.synthetic_table(4_000, levels=4, codebook=4_096)
+  wide_stats = catalogue.trie_stats(wide.prefix_index())
   assert wide.num_levels == 4  # no two items share all codes: no de-dup level
   assert wide_stats["trie_bytes"] <= 4 * (11 * 4_000 + 2)  # ≤ 1 + 4n nodes
   assert wide_stats["max_children"][-1] == 1
@@ -37,7 +38,7 @@ def test_suite_runs_on_tiny_catalogues_and_reports_targets():
       catalogue_beams=(4,), catalogue_batch=2,
       model_overrides=dict(d_model=32, num_heads=2, head_dim=16, d_ff=64,
                            encoder_layers=1, decoder_layers=1))
-  result = suites.suite_catalogue(args)
+  result = catalogue.suite_catalogue(args)
   rows = result["catalogue"]
   assert [r["items"] for r in rows] == [200, 2_000]
   for r in rows:
@@ -56,6 +57,6 @@ def test_suite_runs_on_tiny_catalogues_and_reports_targets():
                              rows[1]["decode_s_per_user"] / rows[0]["decode_s_per_user"])
   assert t["latency_ratio_pass"] is bool(t["latency_ratio_1m_over_10k"] <= 2)
   assert [v["semantic_levels"] for v in t["variants"]] == [3]
-  md = suites.markdown(dict(result, device="cpu", date="now"))
+  md = catalogue.markdown(dict(result, device="cpu", date="now"))
   assert "| 2,000 | 256+256+256" in md
   assert "memory_1m_bytes" in md and "latency_ratio_1m_over_10k" in md

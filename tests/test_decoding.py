@@ -17,9 +17,8 @@ def setup():
 
 
 def run_beam(model, batch, index, beam):
-  fn = jax.jit(lambda b, trie: decoding.beam_search(
-      model, b, trie, beam=beam, max_children=index.max_children))
-  items, scores = fn(batch, decoding.index_arrays(index))
+  fn = jax.jit(lambda b, trie: decoding.beam_search(model, b, trie, beam=beam))
+  items, scores = fn(batch, decoding.PrefixTrie.from_index(index))
   return np.asarray(items), np.asarray(scores)
 
 

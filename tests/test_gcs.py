@@ -180,24 +180,24 @@ def _free_port() -> int:
 def _test_metrics_in_one_process(workdir: str) -> dict:
   """Test metrics of ``workdir``'s best checkpoint, evaluated here on all users."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from s2gr_jax import decoding, export, parallel, train  # pylint: disable=g-import-not-at-top
-  from s2gr_jax.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
+  from s2gr_jax import decoding, evaluate, export, models, parallel  # pylint: disable=g-import-not-at-top
+  from s2gr_jax.data import batches, datasets, pipeline  # pylint: disable=g-import-not-at-top
   config, table, model = export.load_trained(workdir)  # best parameters, one device
   model_graphdef, model_state = nnx.split(model)
   dataset = datasets.load_dataset(config.data)
   pipes = pipeline.Pipelines(
       source=dataset.source, split=pipeline.LeaveOneOut.from_sequences(dataset.sequences),
       codes=table.lookup(),
-      user_buckets=pipeline.hash_users(dataset.user_ids, config.data.user_buckets),
+      user_buckets=batches.hash_users(dataset.user_ids, config.data.user_buckets),
       max_history=config.data.max_history, length_buckets=tuple(config.data.length_buckets),
       shard_index=0, shard_count=1)
   mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)))
-  index = table.prefix_index()
-  trie = jax.device_put(decoding.index_arrays(index), parallel.replicated(mesh))
-  step = train.make_eval_step(model_graphdef, mesh, beam=config.eval.beam_size,
-                              max_children=index.max_children, ks=tuple(config.eval.ks))
-  return train.evaluate(step, model_state, pipes.eval_batches("test", config.eval.batch_size),
-                        trie, mesh)
+  index = jax.device_put(decoding.make_index(table, models.get(config.model.name).search),
+                         parallel.replicated(mesh))
+  step = evaluate.make_eval_step(model_graphdef, mesh, beam=config.eval.beam_size,
+                                 ks=tuple(config.eval.ks))
+  return evaluate.evaluate(step, model_state,
+                           pipes.eval_batches("test", config.eval.batch_size), index, mesh)
 
 
 def test_two_processes_train_one_run_into_a_bucket(gcs, tmp_path):

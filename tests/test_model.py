@@ -59,7 +59,7 @@ def test_loss_decreases_when_fitting_a_batch(dtype):
 
 
 def test_dropout_only_with_rngs_and_rate_rounding():
-  drop = layers.Dropout(0.1)
+  drop = layers.Dropout(0.1, kernels="cpu")
   x = jnp.ones((64, 256))
   np.testing.assert_array_equal(np.asarray(drop(x)), np.asarray(x))
   y = np.asarray(drop(x, nnx.Rngs(dropout=0)))
@@ -72,7 +72,7 @@ def test_dropout_only_with_rngs_and_rate_rounding():
 
 
 def test_dropout_masks_are_independent_across_keys_and_positions():
-  drop = layers.Dropout(0.5)  # threshold 128: each draw is a fair coin
+  drop = layers.Dropout(0.5, kernels="cpu")  # threshold 128: each draw is a fair coin
   x = jnp.ones((200_000,))
   a = np.asarray(drop(x, nnx.Rngs(dropout=0))) != 0
   b = np.asarray(drop(x, nnx.Rngs(dropout=1))) != 0

@@ -39,8 +39,8 @@ def test_mesh_shapes_and_errors():
 
 def test_rules_reach_every_parameter_and_the_optimizer():
   table = factories.sid_table()
-  make = models.model_factory(test_run.tiny_config().model, table, user_buckets=10,
-                              max_history=20)
+  make = models.build(test_run.tiny_config().model, table, user_buckets=10,
+                      max_history=20)
   mesh = parallel.make_mesh(mesh_cfg(2, 2, 2))
   _, _, state = train.create_state(make, train.make_optimizer(test_run.tiny_config().train),
                                    0, mesh)
@@ -73,7 +73,7 @@ def test_rules_reach_every_parameter_and_the_optimizer():
 
 @pytest.mark.parametrize("layout", [dict(data=4, fsdp=2), dict(data=4, tensor=2)])
 def test_sharded_training_matches_one_device(tmp_path, layout):
-  base = {"train.num_steps": 20, "train.eval_every": 20, "model.dropout": 0.0}
+  base = {"train.num_steps": 20, "train.eval_every": 20, "model.tiger.dropout": 0.0}
   one = run.run(test_run.tiny_config(**base, **{"mesh.data": 1}), str(tmp_path / "one"))
   mesh = {f"mesh.{k}": v for k, v in layout.items()}
   many = run.run(test_run.tiny_config(**base, **mesh), str(tmp_path / "many"))

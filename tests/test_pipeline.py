@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from s2gr_jax.data import batches
 from s2gr_jax.data import pipeline
 
 # Three users; item ids are small so codes are easy to read: code(item) = [item, 10*item].
@@ -110,6 +111,16 @@ def test_host_shards_are_disjoint_and_complete():
 
 
 def test_user_hash_is_stable():
-  h = pipeline.hash_users(np.array([1, 2, 3, 22363]), 2000)
-  assert h.tolist() == pipeline.hash_users(np.array([1, 2, 3, 22363]), 2000).tolist()
+  h = batches.hash_users(np.array([1, 2, 3, 22363]), 2000)
+  assert h.tolist() == batches.hash_users(np.array([1, 2, 3, 22363]), 2000).tolist()
   assert (h >= 0).all() and (h < 2000).all() and len(set(h.tolist())) == 4
+
+
+def test_user_hash_known_values_and_jax_equals_numpy():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  ids = np.array([0, 1, 2, 3, 22363, 2**31 + 5])
+  # (id * 2654435761) mod 2^32 mod 2000, computed with Python integers.
+  expected = [(int(i) * 2654435761) % 2**32 % 2000 for i in ids]
+  assert batches.hash_users(ids, 2000).tolist() == expected
+  assert np.asarray(batches.hash_users(jnp.asarray(ids, jnp.uint32), 2000,
+                                       xp=jnp)).tolist() == expected

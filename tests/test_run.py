@@ -153,7 +153,7 @@ def test_two_runs_with_one_seed_match_and_seeds_differ(tmp_path):
 
 def test_one_and_eight_devices_train_alike(tmp_path):
   assert jax.device_count() == 8
-  cfg = dict(**{"train.num_steps": 20, "train.eval_every": 20, "model.dropout": 0.0})
+  cfg = dict(**{"train.num_steps": 20, "train.eval_every": 20, "model.tiger.dropout": 0.0})
   one = run.run(tiny_config(**cfg, **{"mesh.data": 1}), str(tmp_path / "one"))
   eight = run.run(tiny_config(**cfg, **{"mesh.data": 8}), str(tmp_path / "eight"))
   l1, l8 = train_losses(str(tmp_path / "one")), train_losses(str(tmp_path / "eight"))
@@ -207,8 +207,8 @@ def test_other_models_through_the_entry_point(tmp_path, model):
   workdir = tmp_path / model
   proc = main("--config", "configs/default.py:tiny", "--workdir", str(workdir), *TINY,
               f"--config.model.name={model}", "--config.train.num_steps=20",
-              "--config.train.eval_every=20", "--config.model.num_clusters=4",
-              "--config.model.anchor_layers=1")
+              "--config.train.eval_every=20", "--config.model.s2gr.num_clusters=4",
+              "--config.model.s2gr.anchor_layers=1")
   results = json.loads((workdir / "results.json").read_text())
   assert 0.0 <= results["test/ndcg@10"] <= 1.0 and results["train/steps"] == 20
   assert f"| {model} |" in proc.stdout

@@ -124,9 +124,8 @@ def test_cached_decoding_matches_teacher_forcing_and_brute_force(setup):
     codes = jnp.repeat(batch["target_codes"][:, level:level + 1], 2, axis=1)
   index = table.prefix_index()
   brute = np.asarray(decoding.score_all_items(model, batch, table.codes))
-  items, scores = decoding.beam_search(model, batch, decoding.index_arrays(index),
-                                       beam=max(index.num_nodes),
-                                       max_children=index.max_children)
+  items, scores = decoding.beam_search(model, batch, decoding.PrefixTrie.from_index(index),
+                                       beam=max(index.num_nodes))
   np.testing.assert_array_equal(np.asarray(items)[:, :40], np.argsort(-brute, 1) + 1)
   np.testing.assert_allclose(np.asarray(scores)[:, :40], -np.sort(-brute, 1), atol=2e-5)
 

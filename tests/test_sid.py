@@ -7,7 +7,9 @@ import pytest
 
 from s2gr_jax.sid import diagnostics
 from s2gr_jax.sid import embeddings
+from s2gr_jax.sid import clustering
 from s2gr_jax.sid import quantizers
+from s2gr_jax.sid import rqkmeans
 from s2gr_jax.sid import table as table_lib
 
 
@@ -50,7 +52,7 @@ def test_kmeans_recovers_separated_clusters():
   rng = np.random.default_rng(0)
   centres = rng.normal(size=(4, 5)) * 10
   x = np.concatenate([c + rng.normal(size=(30, 5)) * 0.1 for c in centres]).astype(np.float32)
-  _, assign, inertia = quantizers.kmeans(x, jax.random.key(0), k=4, iters=10)
+  _, assign, inertia = clustering.kmeans(x, jax.random.key(0), k=4, iters=10)
   assign = np.asarray(assign)
   for g in range(4):
     assert len(set(assign[g * 30:(g + 1) * 30].tolist())) == 1
@@ -59,7 +61,7 @@ def test_kmeans_recovers_separated_clusters():
 
 def test_kmeans_restarts_empty_clusters_on_duplicates():
   x = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)  # 3 distinct points, k = 5
-  centres, assign, _ = quantizers.kmeans(x, jax.random.key(1), k=5, iters=5)
+  centres, assign, _ = clustering.kmeans(x, jax.random.key(1), k=5, iters=5)
   assert np.isfinite(np.asarray(centres)).all()
   assert len(set(np.asarray(assign).tolist())) == 3
 
@@ -67,13 +69,13 @@ def test_kmeans_restarts_empty_clusters_on_duplicates():
 def test_residual_kmeans_codes():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(200, 8)).astype(np.float32)
-  q = quantizers.ResidualKMeans(levels=3, codebook_size=8, iters=10, seed=0).fit(x)
+  q = rqkmeans.ResidualKMeans(levels=3, codebook_size=8, iters=10, seed=0).fit(x)
   assert q.codes.shape == (200, 3) and q.codebook_sizes == (8, 8, 8)
   assert q.codes.min() >= 0 and q.codes.max() < 8
   mse = q.history["residual_mse"]
   assert mse[0] > mse[1] > mse[2]  # each level explains more of the vector
   with pytest.raises(ValueError, match="5 items are fewer than .*codebook_size=8"):
-    quantizers.ResidualKMeans(codebook_size=8).fit(x[:5])
+    rqkmeans.ResidualKMeans(codebook_size=8).fit(x[:5])
   cfg = ml_collections.ConfigDict(dict(kind="nope", levels=3, codebook_size=8,
                                        kmeans_iters=1, seed=0))
   with pytest.raises(ValueError, match="unknown tokenizer.kind 'nope'"):

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from s2gr_jax.sid import diagnostics
 from s2gr_jax.sid import embeddings
 from s2gr_jax.sid import graph as graph_lib
-from s2gr_jax.sid import quantizers
+from s2gr_jax.sid import clustering
 from s2gr_jax.sid import rqvae
 
 
@@ -141,8 +141,8 @@ def test_sinkhorn_spreads_items_over_codes():
   rng = np.random.default_rng(0)
   codebook = rng.normal(size=(8, 4)).astype(np.float32)
   residual = (codebook[0] + rng.normal(size=(400, 4)) * 0.05).astype(np.float32)
-  nearest = np.asarray(quantizers.sq_dists(residual, codebook)).argmin(1)
-  balanced = quantizers.sinkhorn_codes(residual, codebook)
+  nearest = np.asarray(clustering.sq_dists(residual, codebook)).argmin(1)
+  balanced = clustering.sinkhorn_codes(residual, codebook)
   assert len(set(nearest.tolist())) == 1
   assert np.bincount(balanced, minlength=8).max() <= 80  # ≈ 400 / 8 each
 
@@ -160,7 +160,7 @@ def test_coba_tokenizer_stage_through_the_entry_point(tmp_path):
   workdir = tmp_path / "tok"
   proc = subprocess.run(
       [sys.executable, "-m", "s2gr_jax.main", "--config", "configs/default.py:tiny",
-       "--workdir", str(workdir), "--config.tokenize_only=True",
+       "--workdir", str(workdir), "--config.stages=tokenize",
        "--config.tokenizer.kind=coba", "--config.tokenizer.rqvae.steps=60",
        "--config.tokenizer.rqvae.log_every=20", "--config.tokenizer.rqvae.batch_size=64",
        "--config.tokenizer.rqvae.hidden=(32,)", "--config.tokenizer.rqvae.latent_dim=8"],

@@ -1,6 +1,6 @@
-"""``python -m s2gr_jax.bench --suite models --out bench.json``: see ``suites.py``."""
+"""``python -m s2gr_jax.bench --suite models --out bench.json``: see ``cli.py``."""
 
-from s2gr_jax.bench import suites
+from s2gr_jax.bench import cli
 
 if __name__ == "__main__":
-  suites.main()
+  cli.main()

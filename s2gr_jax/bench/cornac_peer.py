@@ -1,7 +1,7 @@
 """The cornac side of ``python -m s2gr_jax.bench --suite peer``: times cornac 3.0.1's
 PyTorch ``TIGER`` (``cornac.models.TIGER``) on the data the parent wrote.
 
-This file is a standalone script, run as a SUBPROCESS by ``suites.py`` with the
+This file is a standalone script, run as a SUBPROCESS by ``peer.py`` with the
 interpreter given by ``--peer-python``; it never imports ``s2gr_jax`` and ``s2gr_jax``
 never imports it, so torch / transformers / cornac stay out of the core dependencies.
 Its own environment (kept next to the repository, ignored by git)::
@@ -208,7 +208,7 @@ def main(argv=None) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   g = p.add_mutually_exclusive_group(required=True)
   g.add_argument("--check", action="store_true", help="print versions and exit")
-  g.add_argument("--spec", help="JSON file written by suites.suite_peer")
+  g.add_argument("--spec", help="JSON file written by peer.suite_peer")
   args = p.parse_args(argv)
   out = sys.stdout
   spec = None

@@ -5,15 +5,8 @@ validation target, and training examples are all prefixes of the rest (the targe
 position ``t`` with history ``items[:t]``, ``t = 1 .. n-3``). Histories keep the
 ``max_history`` most recent items.
 
-Every example is a dict of numpy arrays (a batch adds a leading ``[B]`` axis):
-
-  history_items  int32[H]         item ids, left-aligned, 0 = padding
-  history_codes  int32[H, levels] their Semantic IDs (0 at padding)
-  history_mask   bool[H]
-  user_bucket    int32[]          hashed user id in [0, user_buckets)
-  target_item    int32[]
-  target_codes   int32[levels]
-  weight         float32[]        1, or 0 for rows that only pad an evaluation batch
+Every example follows the batch schema of ``batches.py`` (numpy arrays; a batch adds the
+leading ``[B]`` axis).
 
 ``H`` is the example's length bucket: histories are padded to the smallest of
 ``length_buckets`` that holds them, so short histories (most of them) cost less; each
@@ -29,13 +22,9 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-Batch = dict[str, np.ndarray]
+from s2gr_jax.data import batches
 
-
-def hash_users(user_ids: np.ndarray, num_buckets: int) -> np.ndarray:
-  """A fixed multiplicative (Knuth) hash of user ids into ``[0, num_buckets)``."""
-  h = (np.asarray(user_ids, np.uint64) * np.uint64(2654435761)) % np.uint64(2**32)
-  return (h % np.uint64(num_buckets)).astype(np.int32)
+Batch = batches.Batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,19 +83,8 @@ class MakeExample(grain.transforms.Map):
   def map(self, element) -> Batch:
     user, pos = int(element[0]), int(element[1])
     items = np.asarray(self._source[user]["items"], np.int32)
-    history = items[max(0, pos - self._max_history):pos]
-    padded = np.zeros(self._pad_to, np.int32)
-    padded[:len(history)] = history
-    target = items[pos]
-    return {
-        "history_items": padded,
-        "history_codes": self._codes[padded],
-        "history_mask": padded > 0,
-        "user_bucket": self._user_buckets[user],
-        "target_item": target,
-        "target_codes": self._codes[target],
-        "weight": np.float32(1.0),
-    }
+    return batches.example(items, pos, self._codes, self._user_buckets[user],
+                           self._max_history, self._pad_to)
 
 
 @dataclasses.dataclass
@@ -193,11 +171,5 @@ class Pipelines:
       examples = [make.map(e) for e in local]
       for i in range(num_batches):
         chunk = examples[i * batch_size:(i + 1) * batch_size]
-        out.append(_pad_batch(chunk, batch_size, make.map(members[0])))
+        out.append(batches.stack(chunk, batch_size, make.map(members[0])))
     return out
-
-
-def _pad_batch(examples: list[Batch], batch_size: int, filler: Batch) -> Batch:
-  pad = dict(filler, weight=np.float32(0.0))
-  rows = examples + [pad] * (batch_size - len(examples))
-  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

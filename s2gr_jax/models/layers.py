@@ -8,14 +8,18 @@ at most ~100 tokens, so a fused kernel buys little); the KV cache is a plain arr
 caller threads through (pure functions, no hidden decode state), which is what the
 batched beam search needs.
 
-Some pieces exist for speed on XLA:CPU (found by profiling the paper-size train step)
-and give the same values and gradients as the plain code: ``hash_bits`` (dropout masks),
-``dense`` (weight gradients), ``add_batch_bias`` (bias gradients), and
+Some pieces exist for speed on XLA:CPU (found by profiling the paper-size train step on
+2 CPU cores) and give the same values and gradients as the plain code: ``hash_bits``
+(dropout masks from a counter hash instead of threefry), ``dense`` (weight gradients that
+transpose the narrow operand), ``add_batch_bias`` (bias gradients summed by a matmul) and
 ``Attention.attend_source`` with ``source_attention`` (cross-attention of a few queries
-straight over the encoder states). With them the paper-size TIGER train step (batch 256,
-history 20, 2 CPU cores) went from 5.2–6.2 s to 3.6–3.9 s and S²GR's from 7.9 s to
-3.9–4.2 s; the README's Performance section has the step-by-step figures. ``matmul`` and
-``einsum`` accumulate bfloat16 products in float32 (``model.dtype="bfloat16"``).
+straight over the encoder states, its source gradient as one product). Every module
+takes ``kernels``: ``"cpu"`` uses them, ``"plain"`` (the default) the textbook
+expressions with autodiff gradients and exact-rate threefry dropout. A run picks them
+with ``model.kernels`` (``auto``: ``cpu`` on a CPU backend, ``plain`` on accelerators,
+where they were never measured), so an accelerator session can time both.
+``matmul`` and ``einsum`` accumulate bfloat16 products in float32
+(``model.dtype="bfloat16"``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,14 @@ import math
 from flax import nnx
 import jax
 import jax.numpy as jnp
+
+KERNELS = ("cpu", "plain")
+
+
+def check_kernels(kernels: str) -> str:
+  if kernels not in KERNELS:
+    raise ValueError(f"kernels={kernels!r}; choose one of {list(KERNELS)}")
+  return kernels
 
 
 def _fmix32(x: jax.Array) -> jax.Array:
@@ -51,24 +63,33 @@ def hash_bits(key: jax.Array, n: int) -> jax.Array:
 
 
 class Dropout(nnx.Module):
-  """Inverted dropout with cheap masks: 8-bit draws from counter-hashed random words.
+  """Inverted dropout, active only when ``rngs`` is given.
 
-  Each 32-bit word from ``hash_bits`` gives four 8-bit draws, so the rate is rounded to a
-  multiple of 1/256 (0.1 → 26/256 ≈ 0.102) and the kept values are scaled by the exact
-  keep probability. Active only when ``rngs`` is given.
+  ``kernels="plain"``: threefry Bernoulli draws at exactly ``rate``. ``"cpu"``: cheap
+  masks, four 8-bit draws from each counter-hashed 32-bit word (``hash_bits``), so the
+  rate is rounded to a multiple of 1/256 (0.1 → 26/256 ≈ 0.102) and the kept values are
+  scaled by that exact keep probability.
   """
 
-  def __init__(self, rate: float):
+  def __init__(self, rate: float, kernels: str = "plain"):
+    self.kernels = check_kernels(kernels)
+    self.rate = float(rate)
     self.threshold = int(round(rate * 256))
 
   def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-    if rngs is None or self.threshold == 0:
+    if rngs is None or self.rate == 0:
       return x
-    n = x.size
-    bits = hash_bits(rngs.dropout(), (n + 3) // 4)
-    draws = jax.lax.bitcast_convert_type(bits, jnp.uint8).reshape(-1)[:n]
-    keep = (draws >= self.threshold).reshape(x.shape)
-    scale = 256.0 / (256 - self.threshold)
+    if self.kernels == "plain":
+      keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.rate, x.shape)
+      scale = 1.0 / (1.0 - self.rate)
+    else:
+      if self.threshold == 0:
+        return x
+      n = x.size
+      bits = hash_bits(rngs.dropout(), (n + 3) // 4)
+      draws = jax.lax.bitcast_convert_type(bits, jnp.uint8).reshape(-1)[:n]
+      keep = (draws >= self.threshold).reshape(x.shape)
+      scale = 256.0 / (256 - self.threshold)
     return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros((), x.dtype))
 
 
@@ -163,14 +184,18 @@ source_attention.defvjp(_source_attention_fwd, _source_attention_bwd)
 
 
 class Linear(nnx.Linear):
-  """``nnx.Linear`` without bias whose product is ``dense`` (same parameters, same tree)."""
+  """``nnx.Linear`` without bias (same parameters, same tree); with ``kernels="cpu"``
+  its product is ``dense``."""
 
-  def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs,
+               kernels: str = "plain"):
     super().__init__(in_features, out_features, use_bias=False, dtype=dtype, rngs=rngs)
+    self.kernels = check_kernels(kernels)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dtype = self.dtype or x.dtype
-    return dense(x.astype(dtype), self.kernel[...].astype(dtype))
+    product = dense if self.kernels == "cpu" else matmul
+    return product(x.astype(dtype), self.kernel[...].astype(dtype))
 
 
 @jax.custom_vjp
@@ -239,9 +264,10 @@ class Attention(nnx.Module):
   """Multi-head attention; ``project_kv`` and ``attend`` are split for KV caching."""
 
   def __init__(self, d_model: int, num_heads: int, head_dim: int, *, dtype,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, kernels: str = "plain"):
     inner = num_heads * head_dim
-    make = lambda i, o: Linear(i, o, dtype=dtype, rngs=rngs)
+    self.kernels = check_kernels(kernels)
+    make = lambda i, o: Linear(i, o, dtype=dtype, rngs=rngs, kernels=kernels)
     self.q, self.k, self.v = make(d_model, inner), make(d_model, inner), make(d_model, inner)
     self.o = make(inner, d_model)
     self.num_heads, self.head_dim = num_heads, head_dim
@@ -279,7 +305,8 @@ class Attention(nnx.Module):
     scores = matmul(qh, jnp.swapaxes(kh, -1, -2), jnp.float32) / math.sqrt(self.head_dim)
     if bias is not None:
       bias = jnp.broadcast_to(bias, (1,) * (scores.ndim - bias.ndim) + bias.shape)
-      if bias.shape[0] == 1 and bias.shape[1:] == scores.shape[1:]:
+      if (self.kernels == "cpu" and bias.shape[0] == 1
+          and bias.shape[1:] == scores.shape[1:]):
         scores = add_batch_bias(scores, bias.astype(scores.dtype))
       else:
         scores = scores + bias
@@ -304,7 +331,11 @@ class Attention(nnx.Module):
     few queries read the source (Q · heads small against T): teacher-forced decoders
     and S²GR's thought recurrence; beam search, with many queries per cached source,
     keeps ``project_kv``. ``mask`` broadcasts to bool[B, heads, Q, T].
+
+    With ``kernels="plain"`` this is exactly ``attend(x, *project_kv(src))``.
     """
+    if self.kernels == "plain":
+      return self.attend(x, *self.project_kv(src), mask=mask, bias=None)
     b, n, d = x.shape
     h, e = self.num_heads, self.head_dim
     q = self._split(self.q(x))  # [B, Q, h, e]
@@ -328,10 +359,11 @@ class Attention(nnx.Module):
 
 class Mlp(nnx.Module):
 
-  def __init__(self, d_model: int, d_ff: int, dropout: float, *, dtype, rngs: nnx.Rngs):
-    self.wi = Linear(d_model, d_ff, dtype=dtype, rngs=rngs)
-    self.wo = Linear(d_ff, d_model, dtype=dtype, rngs=rngs)
-    self.drop = Dropout(dropout)
+  def __init__(self, d_model: int, d_ff: int, dropout: float, *, dtype, rngs: nnx.Rngs,
+               kernels: str = "plain"):
+    self.wi = Linear(d_model, d_ff, dtype=dtype, rngs=rngs, kernels=kernels)
+    self.wo = Linear(d_ff, d_model, dtype=dtype, rngs=rngs, kernels=kernels)
+    self.drop = Dropout(dropout, kernels)
 
   def __call__(self, x, rngs=None):
     h = self.drop(jax.nn.relu(self.wi(x)), rngs)
@@ -340,12 +372,14 @@ class Mlp(nnx.Module):
 
 class EncoderLayer(nnx.Module):
 
-  def __init__(self, d_model, num_heads, head_dim, d_ff, dropout, *, dtype, rngs):
+  def __init__(self, d_model, num_heads, head_dim, d_ff, dropout, *, dtype, rngs,
+               kernels: str = "plain"):
     self.norm1 = nnx.RMSNorm(d_model, epsilon=1e-6, dtype=dtype, rngs=rngs)
-    self.attn = Attention(d_model, num_heads, head_dim, dtype=dtype, rngs=rngs)
+    self.attn = Attention(d_model, num_heads, head_dim, dtype=dtype, rngs=rngs,
+                          kernels=kernels)
     self.norm2 = nnx.RMSNorm(d_model, epsilon=1e-6, dtype=dtype, rngs=rngs)
-    self.mlp = Mlp(d_model, d_ff, dropout, dtype=dtype, rngs=rngs)
-    self.drop = Dropout(dropout)
+    self.mlp = Mlp(d_model, d_ff, dropout, dtype=dtype, rngs=rngs, kernels=kernels)
+    self.drop = Dropout(dropout, kernels)
 
   def __call__(self, x, mask, bias, rngs=None):
     h = self.norm1(x)
@@ -356,14 +390,17 @@ class EncoderLayer(nnx.Module):
 class DecoderLayer(nnx.Module):
   """Causal self-attention, cross-attention to the encoder, MLP."""
 
-  def __init__(self, d_model, num_heads, head_dim, d_ff, dropout, *, dtype, rngs):
+  def __init__(self, d_model, num_heads, head_dim, d_ff, dropout, *, dtype, rngs,
+               kernels: str = "plain"):
+    attention = lambda: Attention(d_model, num_heads, head_dim, dtype=dtype, rngs=rngs,
+                                  kernels=kernels)
     self.norm1 = nnx.RMSNorm(d_model, epsilon=1e-6, dtype=dtype, rngs=rngs)
-    self.self_attn = Attention(d_model, num_heads, head_dim, dtype=dtype, rngs=rngs)
+    self.self_attn = attention()
     self.norm2 = nnx.RMSNorm(d_model, epsilon=1e-6, dtype=dtype, rngs=rngs)
-    self.cross_attn = Attention(d_model, num_heads, head_dim, dtype=dtype, rngs=rngs)
+    self.cross_attn = attention()
     self.norm3 = nnx.RMSNorm(d_model, epsilon=1e-6, dtype=dtype, rngs=rngs)
-    self.mlp = Mlp(d_model, d_ff, dropout, dtype=dtype, rngs=rngs)
-    self.drop = Dropout(dropout)
+    self.mlp = Mlp(d_model, d_ff, dropout, dtype=dtype, rngs=rngs, kernels=kernels)
+    self.drop = Dropout(dropout, kernels)
 
   def _cross_and_mlp(self, x, cross, cross_mask, rngs):
     if isinstance(cross, (tuple, list)):  # cached (keys, values), heads first

@@ -42,6 +42,7 @@ import optax
 
 from s2gr_jax.models import layers
 from s2gr_jax.models import tiger
+from s2gr_jax.sid import clustering
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,13 +67,12 @@ class FixedTargets(nnx.Variable):
 
 def cluster_codebooks(codebooks, num_clusters: int, seed: int = 0):
   """k-means of each level's code vectors → (centres [L, Kc, D], cluster of code [L, K])."""
-  from s2gr_jax.sid import quantizers  # pylint: disable=g-import-not-at-top
   centres, assign = [], []
   for level, book in enumerate(codebooks):
     if len(book) < num_clusters:
       raise ValueError(f"level {level} has {len(book)} codes, fewer than "
-                       f"model.num_clusters={num_clusters}")
-    c, a, _ = quantizers.kmeans(jnp.asarray(book, jnp.float32),
+                       f"model.s2gr.num_clusters={num_clusters}")
+    c, a, _ = clustering.kmeans(jnp.asarray(book, jnp.float32),
                                 jax.random.key(seed + level), k=num_clusters, iters=50)
     centres.append(np.asarray(c))
     assign.append(np.asarray(a))
@@ -106,6 +106,18 @@ def cluster_infonce(projected, centres, cluster, temperature):
 class S2gr(tiger.Tiger):
   """TIGER + thought tokens, cluster alignment and the first-thought anchor."""
 
+  @classmethod
+  def inputs(cls, cfg: S2grConfig, table) -> dict:
+    """Constructor inputs computed from the data, once and eagerly (so that building
+    the module stays a pure function for shape-first initialisation): the k-means
+    clusters of each level's codebook that supervise the thoughts."""
+    if not (cfg.align_weight > 0 and cfg.thoughts_per_level > 0):
+      return {}
+    if table.codebooks is None:
+      raise ValueError("model.s2gr.align_weight > 0 needs a tokenizer with codebooks")
+    centres, assign = cluster_codebooks(table.codebooks, cfg.num_clusters)
+    return dict(centres=centres, code_cluster=assign)
+
   def __init__(self, cfg: S2grConfig, *, centres: np.ndarray | None = None,
                code_cluster: np.ndarray | None = None, rngs: nnx.Rngs):
     super().__init__(cfg, rngs=rngs)
@@ -117,14 +129,15 @@ class S2gr(tiger.Tiger):
     if self.align:
       if centres is None or code_cluster is None:
         raise ValueError("thought alignment needs the tokenizer's codebooks (cluster "
-                         "centres); set model.align_weight=0 to train without it")
+                         "centres); set model.s2gr.align_weight=0 to train without it")
       self.centres = FixedTargets(jnp.asarray(centres, jnp.float32))
       self.code_cluster = FixedTargets(jnp.asarray(code_cluster, jnp.int32))
       self.align_proj = nnx.Linear(d, centres.shape[-1], use_bias=False, dtype=dtype,
                                    rngs=rngs)
     if cfg.anchor_layers > 0 and m > 0:
       args = (d, cfg.num_heads, cfg.head_dim, cfg.d_ff, cfg.dropout)
-      self.anchor = nnx.List([layers.DecoderLayer(*args, dtype=dtype, rngs=rngs)
+      self.anchor = nnx.List([layers.DecoderLayer(*args, dtype=dtype, rngs=rngs,
+                                                   kernels=cfg.kernels)
                               for _ in range(cfg.anchor_layers)])
       self.anchor_norm = nnx.RMSNorm(d, epsilon=1e-6, dtype=dtype, rngs=rngs)
     else:
@@ -217,7 +230,7 @@ class S2gr(tiger.Tiger):
     target's actual code at that level.
     """
     if not self.align:
-      raise ValueError("this model has no thought alignment (model.align_weight=0)")
+      raise ValueError("this model has no thought alignment (model.s2gr.align_weight=0)")
     _, thoughts, _, _ = self.recurrence(batch)
     levels = self.code_cluster.shape[0]
     picked = [cosine(self.align_proj(thoughts[l][-1]), self.centres[...][l]).argmax(-1)

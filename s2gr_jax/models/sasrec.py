@@ -10,6 +10,7 @@ takes the top K of those scores over the whole catalogue, like the generators' b
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from flax import nnx
 import jax
@@ -21,8 +22,13 @@ from s2gr_jax.models import layers
 
 @dataclasses.dataclass(frozen=True)
 class SasrecConfig:
+  """``config.model.sasrec``; the fields in ``FROM_RUN`` come from the run, not the config."""
+
+  FROM_RUN: ClassVar[tuple[str, ...]] = ("num_items", "max_history", "kernels")
+
   num_items: int
   max_history: int = 20
+  kernels: str = "plain"  # layers.KERNELS
   d_model: int = 64
   num_heads: int = 2
   head_dim: int = 32
@@ -43,10 +49,10 @@ class Sasrec(nnx.Module):
                                embedding_init=nnx.initializers.normal(0.02))
     self.blocks = nnx.List([
         layers.EncoderLayer(cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.d_ff,
-                            cfg.dropout, dtype=dtype, rngs=rngs)
+                            cfg.dropout, dtype=dtype, rngs=rngs, kernels=cfg.kernels)
         for _ in range(cfg.encoder_layers)])
     self.norm = nnx.RMSNorm(cfg.d_model, epsilon=1e-6, dtype=dtype, rngs=rngs)
-    self.drop = layers.Dropout(cfg.dropout)
+    self.drop = layers.Dropout(cfg.dropout, cfg.kernels)
 
   def user_state(self, batch, rngs: nnx.Rngs | None = None):
     """[B, d]: the causal transformer's state at each user's last history item."""

@@ -23,6 +23,7 @@ never copied per beam.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from flax import nnx
 import jax
@@ -37,8 +38,13 @@ PAD, BOS, FIRST_USER = 0, 1, 2
 
 @dataclasses.dataclass(frozen=True)
 class TigerConfig:
+  """``config.model.tiger``; the fields in ``FROM_RUN`` come from the run, not the config."""
+
+  FROM_RUN: ClassVar[tuple[str, ...]] = ("codebook_sizes", "user_buckets", "kernels")
+
   codebook_sizes: tuple[int, ...]
   user_buckets: int = 2000
+  kernels: str = "plain"  # layers.KERNELS: the XLA:CPU speed pieces or the plain code
   d_model: int = 128
   num_heads: int = 6
   head_dim: int = 64
@@ -72,22 +78,23 @@ class Tiger(nnx.Module):
     dtype = jnp.dtype(cfg.dtype)
     d, h = cfg.d_model, cfg.num_heads
     args = (d, h, cfg.head_dim, cfg.d_ff, cfg.dropout)
+    kw = dict(dtype=dtype, rngs=rngs, kernels=cfg.kernels)
     self.embed = nnx.Embed(cfg.vocab_size, d, dtype=dtype, rngs=rngs)
     self.enc_bias = layers.RelativePositionBias(
         h, bidirectional=True, num_buckets=cfg.rel_pos_buckets,
         max_distance=cfg.rel_pos_max_distance, rngs=rngs)
-    self.encoder = nnx.List([layers.EncoderLayer(*args, dtype=dtype, rngs=rngs)
+    self.encoder = nnx.List([layers.EncoderLayer(*args, **kw)
                              for _ in range(cfg.encoder_layers)])
     self.enc_norm = nnx.RMSNorm(d, epsilon=1e-6, dtype=dtype, rngs=rngs)
     self.dec_bias = layers.RelativePositionBias(
         h, bidirectional=False, num_buckets=cfg.rel_pos_buckets,
         max_distance=cfg.rel_pos_max_distance, rngs=rngs)
-    self.decoder = nnx.List([layers.DecoderLayer(*args, dtype=dtype, rngs=rngs)
+    self.decoder = nnx.List([layers.DecoderLayer(*args, **kw)
                              for _ in range(cfg.decoder_layers)])
     self.dec_norm = nnx.RMSNorm(d, epsilon=1e-6, dtype=dtype, rngs=rngs)
     self.head = nnx.Linear(d, sum(cfg.codebook_sizes), use_bias=False, dtype=dtype,
                            rngs=rngs)
-    self.drop = layers.Dropout(cfg.dropout)
+    self.drop = layers.Dropout(cfg.dropout, cfg.kernels)
 
   # --- encoder -----------------------------------------------------------------------
 
@@ -176,8 +183,10 @@ class Tiger(nnx.Module):
 
     ``project``: cache each layer's cross-attention keys and values (beam search: many
     queries per user reuse them); False reads ``enc`` directly through
-    ``Attention.attend_source`` (a handful of queries, as in S²GR's recurrence).
+    ``Attention.attend_source`` (a handful of queries, as in S²GR's recurrence) with the
+    CPU kernels, while the plain kernels project once here either way.
     """
+    project = project or self.cfg.kernels == "plain"
     b = enc.shape[0]
     s_max = self.decode_positions()
     shape = (b, beam, s_max, self.cfg.num_heads, self.cfg.head_dim)

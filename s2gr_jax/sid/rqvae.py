@@ -33,7 +33,8 @@ import optax
 
 from s2gr_jax.sid import diagnostics
 from s2gr_jax.sid import graph as graph_lib
-from s2gr_jax.sid import quantizers
+from s2gr_jax.sid import clustering
+from s2gr_jax.sid.interface import QuantizedItems
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class RQVAEModel(nnx.Module):
     usage = jax.lax.stop_gradient(self.usage[...])
     residual, codes, residuals = z, [], []
     for level in range(codebooks.shape[0]):
-      dist = quantizers.sq_dists(jax.lax.stop_gradient(residual), codebooks[level])
+      dist = clustering.sq_dists(jax.lax.stop_gradient(residual), codebooks[level])
       if gamma > 0:
         ratio = usage[level] / usage[level].mean()
         dist = dist * jnp.clip(ratio ** gamma, 1.0 - eps, 1.0 + eps)[None]
@@ -145,7 +146,7 @@ class RQVAE:
     loss = recon + self.levels * (codebook_loss + self.commitment * commit_loss)
     parts = {"recon": recon, "codebook": codebook_loss, "commit": commit_loss}
     if self.uniformity_weight > 0:
-      d = jnp.sqrt(jax.vmap(quantizers.sq_dists)(codebooks, codebooks) + 1e-12)
+      d = jnp.sqrt(jax.vmap(clustering.sq_dists)(codebooks, codebooks) + 1e-12)
       off_diag = 1.0 - jnp.eye(self.codebook_size)
       delta = model.min_distance[...][:, None, None]
       hinge = (jax.nn.relu(delta - d) * off_diag).sum((1, 2)) / off_diag.sum()
@@ -188,11 +189,11 @@ class RQVAE:
     residual = model.encode(jnp.asarray(sample))
     codebooks, deltas = [], []
     for level in range(self.levels):
-      centers, assign, _ = quantizers.kmeans(residual, jax.random.fold_in(key, level),
+      centers, assign, _ = clustering.kmeans(residual, jax.random.fold_in(key, level),
                                              k=self.codebook_size, iters=self.kmeans_iters)
       residual = residual - centers[assign]
       codebooks.append(centers)
-      d = np.sqrt(np.asarray(quantizers.sq_dists(centers, centers)))
+      d = np.sqrt(np.asarray(clustering.sq_dists(centers, centers)))
       deltas.append(np.percentile(d[~np.eye(len(d), dtype=bool)],
                                   self.uniformity_percentile))
     model.codebooks[...] = jnp.stack(codebooks)
@@ -219,7 +220,7 @@ class RQVAE:
 
   # --- fit ---------------------------------------------------------------------------
 
-  def fit(self, x: np.ndarray, graph=None) -> quantizers.QuantizedItems:
+  def fit(self, x: np.ndarray, graph=None) -> QuantizedItems:
     from s2gr_jax import parallel  # pylint: disable=g-import-not-at-top
     n = x.shape[0]
     if n < self.codebook_size:
@@ -269,9 +270,9 @@ class RQVAE:
     codes, last_residual, mse = self._assign_all(model, x)
     codebooks = np.asarray(model.codebooks[...])
     if self.sinkhorn_last_level:
-      codes[:, -1] = quantizers.sinkhorn_codes(last_residual, codebooks[-1])
+      codes[:, -1] = clustering.sinkhorn_codes(last_residual, codebooks[-1])
     history["final_recon_mse"] = mse
-    return quantizers.QuantizedItems(
+    return QuantizedItems(
         codes=codes.astype(np.int32), codebook_sizes=(self.codebook_size,) * self.levels,
         codebooks=list(codebooks), history=history)
 
