@@ -9,12 +9,10 @@ Command:
   python -m s2gr_jax.main --config configs/default.py --workdir runs/default
   # S²GR on the same data: --config.model.name=s2gr
 
-Measured (seed 0, 2-core x86 CPU, jax 0.10.2, commit 6fdd09d, fresh clone): training
-220 s, the whole quick-start command with venv and install 4 min 52 s; test (2,000
-users, 1,000 items) R@10 0.1555, N@10 0.0723 vs popularity 0.0215 / 0.0101 and the
-last-item floor 0.2445 / 0.1549. At commit 99a99b8 (other dropout draws, faster layers):
-2 min 24 s, R@10 0.1395 / N@10 0.0660 (seed 0), 0.1380 / 0.0682 (seed 1). More in the
-README results section.
+Measured (seed 0; 2-core x86 CPU, no accelerator, jax 0.10.2; 2026-12-01): 86 s for the
+run with a warm compilation cache (training 78 s); test (2,000 users, 1,000 items)
+R@10 0.1400, N@10 0.0661, against popularity 0.0215 / 0.0101 and the last-item
+transition floor 0.2445 / 0.1549. docs/results.md has every run of it.
 """
 
 from s2gr_jax import config_lib

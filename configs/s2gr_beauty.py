@@ -4,21 +4,24 @@ TIGER's backbone (4+4 layers, d_model 128, 6×64 heads, MLP 1024, dropout 0.1) w
 continuous thought before each SID level, supervised by k-means clusters (16) of that
 level's codebook (InfoNCE, τ 0.1), the first thought anchored to a half-depth auxiliary
 decoder (λ 0.1); SIDs from the CoBa RQ-VAE over all-MiniLM-L6-v2 item-text vectors.
-Ablations by flag: --config.model.thoughts_per_level=0 (TIGER), --config.model.align_weight=0,
---config.model.anchor_layers=0, --config.model.num_clusters=K,
---config.model.align_temperature=T, --config.model.reg_weight=L,
---config.tokenizer.kind=rqvae (plain RQ-VAE).
+Ablations by flag: --config.model.s2gr.thoughts_per_level=0 (TIGER),
+--config.model.s2gr.align_weight=0, --config.model.s2gr.anchor_layers=0,
+--config.model.s2gr.num_clusters=K, --config.model.s2gr.align_temperature=T,
+--config.model.s2gr.reg_weight=L, --config.tokenizer.kind=rqvae (plain RQ-VAE).
 
 Commands:
   S2GR_DATA_DIR=../shared/data python -m s2gr_jax.main \\
-      --config configs/s2gr_beauty.py --workdir runs/s2gr_beauty            # paper budget, GPU
-  ... --config configs/s2gr_beauty.py:cpu --workdir runs/s2gr_beauty_cpu   # reduced CPU budget
-  ... --config configs/s2gr_beauty.py:tiny --workdir /tmp/s2gr_beauty_tiny # minutes on a CPU
+      --config configs/s2gr_beauty.py --workdir runs/s2gr_beauty              # paper budget, GPU
+  ... --config configs/s2gr_beauty.py:cpu --workdir runs/s2gr_beauty_cpu     # reduced CPU budget
+  ... --config configs/s2gr_beauty.py:compare --workdir runs/cmp_s2gr_beauty # small, 1,500 steps
+  ... --config configs/s2gr_beauty.py:tiny --workdir /tmp/s2gr_beauty_tiny   # minutes on a CPU
 
-Measured (seed 0, 2-core x86 CPU, no GPU yet; CoBa SIDs from configs/tokenize_beauty.py
-via --config.tokenizer.from_workdir): ``:compare`` (1,500 steps) test R@10 0.0301,
-N@10 0.0150, ≈9 min; ``:compare`` at 5,000 steps R@10 0.0382, N@10 0.0184, 33 min —
-below TIGER at the same budgets (README results). The paper budget needs a GPU.
+Measured (2-core x86 CPU, no accelerator, jax 0.10.2; CoBa SIDs from
+configs/tokenize_beauty.py via --config.tokenizer.from_workdir): ``:compare`` (1,500
+steps), seeds 0 and 1: test R@10 0.0304 ± 0.0003, N@10 0.0149 ± 0.0002, 10–11 min of
+training each — below TIGER at the same budget; at 5,000 steps (seed 0) R@10 0.0382,
+N@10 0.0184 in 33 min. The paper budget needs a GPU and has not been run.
+docs/results.md has every run with its command.
 """
 
 from s2gr_jax import config_lib

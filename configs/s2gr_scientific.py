@@ -4,18 +4,19 @@ TIGER's backbone (4+4 layers, d_model 128, 6×64 heads, MLP 1024, dropout 0.1) w
 continuous thought before each SID level, supervised by k-means clusters (16) of that
 level's codebook (InfoNCE, τ 0.1), the first thought anchored to a half-depth auxiliary
 decoder (λ 0.1); SIDs from the CoBa RQ-VAE over all-MiniLM-L6-v2 item-text vectors.
-Ablations by flag: --config.model.thoughts_per_level=0 (TIGER), --config.model.align_weight=0,
---config.model.anchor_layers=0, --config.model.num_clusters=K,
---config.model.align_temperature=T, --config.model.reg_weight=L,
---config.tokenizer.kind=rqvae (plain RQ-VAE).
+Ablations by flag: --config.model.s2gr.thoughts_per_level=0 (TIGER),
+--config.model.s2gr.align_weight=0, --config.model.s2gr.anchor_layers=0,
+--config.model.s2gr.num_clusters=K, --config.model.s2gr.align_temperature=T,
+--config.model.s2gr.reg_weight=L, --config.tokenizer.kind=rqvae (plain RQ-VAE).
 
 Commands:
   S2GR_DATA_DIR=../shared/data python -m s2gr_jax.main \\
-      --config configs/s2gr_scientific.py --workdir runs/s2gr_scientific            # paper budget, GPU
-  ... --config configs/s2gr_scientific.py:cpu --workdir runs/s2gr_scientific_cpu   # reduced CPU budget
-  ... --config configs/s2gr_scientific.py:tiny --workdir /tmp/s2gr_scientific_tiny # minutes on a CPU
+      --config configs/s2gr_scientific.py --workdir runs/s2gr_scientific              # paper budget, GPU
+  ... --config configs/s2gr_scientific.py:cpu --workdir runs/s2gr_scientific_cpu     # reduced CPU budget
+  ... --config configs/s2gr_scientific.py:compare --workdir runs/cmp_s2gr_scientific # small, 1,500 steps
+  ... --config configs/s2gr_scientific.py:tiny --workdir /tmp/s2gr_scientific_tiny   # minutes on a CPU
 
-Hardware, runtime and reached metrics: see the README results table (real runs only).
+No run of this recipe has been made yet: there are no measured figures to give.
 """
 
 from s2gr_jax import config_lib

@@ -10,16 +10,20 @@ the item text (title, brand, categories). Needs a GPU for the full run.
 Commands:
   S2GR_DATA_DIR=../shared/data python -m s2gr_jax.main \\
       --config configs/tiger_beauty.py --workdir runs/tiger_beauty
-  # the reduced CPU budget of the README's CPU rows (same model, 3,000 steps):
+  # the paper model at a reduced CPU budget (3,000 steps):
   ... --config configs/tiger_beauty.py:cpu --workdir runs/tiger_beauty_cpu
+  # small models, 1,500 steps: the README's comparison budget (CoBa SIDs from
+  # configs/tokenize_beauty.py):
+  ... --config configs/tiger_beauty.py:compare \\
+      --config.tokenizer.from_workdir=runs/tokenize_beauty_coba --workdir runs/cmp_tiger
   # a few minutes on a 2-core CPU (TF-IDF item vectors, RQ-KMeans, small model):
   ... --config configs/tiger_beauty.py:tiny --workdir /tmp/tiger_beauty_tiny
 
-Measured (seed 0, 2-core x86 CPU, no GPU yet): ``:tiny`` 3 min 32 s end to end, test
-R@10 0.0093, N@10 0.0055 (a smoke preset); ``:compare`` on CoBa SIDs (from
-configs/tokenize_beauty.py) R@10 0.0322, N@10 0.0162 at 1,500 steps and R@10 0.0433,
-N@10 0.0211 at 5,000 steps (36 min); on RQ-VAE SIDs 0.0297 / 0.0141 at 1,500 steps.
-The README results table lists every run with its command.
+Measured (2-core x86 CPU, no accelerator, jax 0.10.2): ``:tiny`` 2 min 4 s end to end
+(dataset already built, warm compilation cache; 2026-12-01), test R@10 0.0083, N@10
+0.0043 (a smoke preset: below popularity, 0.0114); ``:compare`` on CoBa SIDs, seeds 0
+and 1: R@10 0.0344 ± 0.0022, N@10 0.0171 ± 0.0009, 7–13 min of training each. The paper
+budget and ``:cpu`` have not been run. docs/results.md has every run with its command.
 """
 
 from s2gr_jax import config_lib

@@ -10,13 +10,14 @@ the item text (title, brand, categories). Needs a GPU for the full run.
 Commands:
   S2GR_DATA_DIR=../shared/data python -m s2gr_jax.main \\
       --config configs/tiger_scientific.py --workdir runs/tiger_scientific
-  # the reduced CPU budget of the README's CPU rows (same model, 3,000 steps):
+  # the paper model at a reduced CPU budget (3,000 steps):
   ... --config configs/tiger_scientific.py:cpu --workdir runs/tiger_scientific_cpu
+  # small models, 1,500 steps:
+  ... --config configs/tiger_scientific.py:compare --workdir runs/cmp_tiger_scientific
   # a few minutes on a 2-core CPU (TF-IDF item vectors, RQ-KMeans, small model):
   ... --config configs/tiger_scientific.py:tiny --workdir /tmp/tiger_scientific_tiny
 
-Hardware, runtime and reached metrics of each preset: see the README results table,
-which lists only runs that were made.
+No run of this recipe has been made yet: there are no measured figures to give.
 """
 
 from s2gr_jax import config_lib

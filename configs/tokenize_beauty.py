@@ -14,10 +14,10 @@ Commands:
   ... --config.tokenizer.kind=rqvae --workdir runs/tokenize_beauty_rqvae
   ... --config.tokenizer.kind=rqkmeans --workdir runs/tokenize_beauty_rqkmeans
 
-Measured (seed 0, 2-core x86 CPU shared with other jobs, MiniLM vectors cached): CoBa
-472 s, utilisation 100 % at every level, perplexity 251/252/249, collision rate 0.068,
-unique SIDs 0.963; RQ-VAE 451 s, 0.125 / 0.928; RQ-KMeans 25 s, 0.275 / 0.833. The
-README tokenizer table adds downstream TIGER figures.
+Measured (seed 0, 2-core x86 CPU shared with other jobs, no accelerator, MiniLM vectors
+cached): CoBa 472 s, utilisation 100 % at every level, perplexity 251/252/249, collision
+rate 0.068, unique SIDs 0.963; RQ-VAE 451 s, 0.125 / 0.928; RQ-KMeans 25 s, 0.275 /
+0.833. docs/results.md adds TIGER trained on each.
 """
 
 from s2gr_jax import config_lib

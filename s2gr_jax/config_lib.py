@@ -104,6 +104,22 @@ def update_models(config: ml_collections.ConfigDict, names=None, **values) -> No
     section.update({k: v for k, v in values.items() if k in section})
 
 
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A run's ``config.json`` as a config; one written before the per-model sections
+  (a flat ``model`` with every model's fields) gets them, with its values in place."""
+  model = dict(saved.get("model", {}))
+  if "name" in model and not any(isinstance(v, dict) for v in model.values()):
+    flat, name = model, model["name"]
+    model = {"name": name, "kernels": "auto"}
+    for other in models.REGISTRY:
+      section = models.section_defaults(other)
+      if other == name:
+        section.update({k: v for k, v in flat.items() if k in section})
+      model[other] = section
+    saved = dict(saved, model=model)
+  return ml_collections.ConfigDict(saved)
+
+
 def explain_override(argv) -> str | None:
   """A clear message for a ``--config.x.y=v`` override whose key does not exist, in
   the terms of the model sections; None when no override is about a model."""

@@ -40,7 +40,8 @@ def load_trained(workdir: str):
   from s2gr_jax import parallel  # pylint: disable=g-import-not-at-top
   from s2gr_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   from s2gr_jax.sid import table as table_lib  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict(fileio.read_json(fileio.join(workdir, "config.json")))
+  from s2gr_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.from_saved(fileio.read_json(fileio.join(workdir, "config.json")))
   if not models.get(config.model.name).uses_sids:
     results = fileio.read_json(fileio.join(workdir, "results.json"))
     table = table_lib.SidTable.identity(int(results["data/num_items"]))

@@ -76,7 +76,15 @@ class MetricWriter:
         self._staging = tempfile.mkdtemp(prefix="s2gr_tensorboard_")
       self._tb = SummaryWriter(self._staging or str(self._tb_dir), flush_secs=30)
       if wandb_options is not None and wandb_options.enabled:
-        self._wandb = _start_wandb(workdir, wandb_options, run_config)
+        try:
+          self._wandb = _start_wandb(workdir, wandb_options, run_config)
+        except BaseException:
+          # Close what is open: left to tensorboardX's exit hook, the close starts a
+          # thread at interpreter shutdown, which Python 3.12 refuses.
+          self._tb.close()
+          if self._staging:
+            shutil.rmtree(self._staging, ignore_errors=True)
+          raise
 
   def _read_lines(self) -> list[str]:
     if not self.path.exists():

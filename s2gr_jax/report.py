@@ -20,6 +20,7 @@ import os
 import numpy as np
 
 from s2gr_jax import fileio
+from s2gr_jax import models
 
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 SEED_KEYS = ("seed",)
@@ -49,8 +50,9 @@ def load_run(workdir: str) -> dict:
 def label(run: dict) -> str:
   c = run["config"]
   name = c["model"]["name"]
-  if name == "sasrec":
-    return "sasrec"
+  entry = models.REGISTRY.get(name)
+  if entry is not None and not entry.uses_sids:  # over item ids (SASRec): no tokenizer
+    return name
   # The SIDs' own record first: with tokenizer.from_workdir they come from another run's
   # tokenizer, whatever this config's tokenizer.kind says. Runs made before the tokenizer
   # section existed kept it under sid.quantizer.

@@ -134,3 +134,16 @@ def test_a_new_model_runs_by_registering_it(tmp_path):
     assert "| bag |" in (tmp_path / "bag" / "results.md").read_text()
   finally:
     models.REGISTRY.pop("bag")
+
+
+def test_a_config_saved_before_the_model_sections_loads_into_them():
+  flat = {"name": "s2gr", "d_model": 48, "num_clusters": 8, "dropout": 0.0,
+          "thoughts_per_level": 2}
+  config = config_lib.from_saved({"seed": 3, "model": flat})
+  assert config.model.name == "s2gr" and config.model.kernels == "auto"
+  assert (config.model.s2gr.d_model, config.model.s2gr.num_clusters,
+          config.model.s2gr.thoughts_per_level) == (48, 8, 2)
+  assert config.model.tiger.to_dict() == models.section_defaults("tiger")
+  models.check_section("s2gr", config.model.s2gr.to_dict())
+  current = config_lib.base_config().to_dict()
+  assert config_lib.from_saved(current).to_dict() == current

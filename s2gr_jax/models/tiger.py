@@ -12,7 +12,8 @@ The encoder sees ``[user, item1_l0, item1_l1, ..., itemH_l(L-1)]``; the decoder 
 teacher-forced on ``[BOS, s0, ..., s(L-2)]`` and position ``l`` predicts level ``l``'s code
 through that level's slice of one output projection.
 
-Decoding interface, shared with the other generators (see ``decoding.py``):
+Decoding interface, shared with the other generators (``models.interfaces.Generator``;
+the searches are in ``decoding/``):
 ``start_decoding(batch, beam) -> state`` and ``decode_level(state, prev_codes, level) ->
 (log_probs [B, K, V_level], state)``. ``state["per_beam"]`` holds everything with
 leading ``[B, K]`` axes (the self-attention KV cache), which the beam search reorders
