@@ -173,8 +173,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values and combinations; raises ValueError naming the key."""
   require_local_path("config.data.dir", config.data.dir)
   require_local_path("config.data.tfds_dir", config.data.tfds_dir)
-  for what in ("tokenizer.from_workdir", "init.from_workdir"):
-    value = config[what.split(".")[0]][what.split(".")[1]]
+  for what, value in (("tokenizer.from_workdir", config.tokenizer.from_workdir),
+                      ("init.from_workdir", config.init.from_workdir)):
     if value:
       fileio.check_run_dir(f"config.{what}", value)
   names = stages.parse(config.stages)

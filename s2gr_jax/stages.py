@@ -363,8 +363,8 @@ class Evaluate:
       state, meta = load_initial_model(ctx, ctx.model_parts[2][0])
       ctx.trained = Trained(state=state, label=config.model.name,
                             info={"train/steps": 0, "train/best_step": meta.get("step", -1),
-                                  "train/wall_s": 0.0, "train/stopped_early": False,
-                                  "init/from_workdir": config.init.from_workdir})
+                                  "train/wall_s": 0.0, "train/stopped_early": False})
+      ctx.results["init/from_workdir"] = config.init.from_workdir
     trained = ctx.trained
     t0 = time.time()
     eval_batches = {s: ctx.pipelines.eval_batches(s, ctx.eval_batch_size) for s in SPLITS}
@@ -384,8 +384,7 @@ class Evaluate:
         results.update({f"{p}{s}_by_history/{length}/{k}": v for k, v in m.items()})
       for name, m in base_metrics[s].items():
         results.update({f"baselines/{name}/{s}/{k}": v for k, v in m.items()})
-    results.update({f"{p}{k}" if not k.startswith("init/") else k: v
-                    for k, v in trained.info.items()})
+    results.update({f"{p}{k}": v for k, v in trained.info.items()})
     results.update({
         f"{p}eval/wall_s": eval_s, "eval/beam_size": config.eval.beam_size,
         "data/name": dataset.name, "data/num_users": dataset.num_users,
