@@ -5,7 +5,7 @@ r"""Results tables and plots from run directories.
 Reads each workdir's output contract (``config.json``, ``results.json``,
 ``metrics.jsonl``, ``environment.json``, ``sid/codebook_stats.json``) and writes
 ``report.md`` with the results table (runs that differ only in their seed form one row:
-mean ± standard error), the popularity and last-item rows of every dataset, and PNG
+mean ± standard error), the non-learned rows (popularity, last-item, history transitions) of every dataset, and PNG
 plots: training loss and validation NDCG@10 over steps, per-level codebook usage, and
 test metrics by history length.
 """
@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from s2gr_jax import baselines as baselines_lib
 from s2gr_jax import fileio
 from s2gr_jax import models
 
@@ -105,7 +106,7 @@ def results_table(runs: list[dict], split: str = "test") -> str:
     lines.append(f"| {dataset} | {users:,} | {label(first)} | {len(members)} | "
                  + " | ".join(cells)
                  + f" | {first['results']['train/steps']:,} | {hours:.2f} h | {hardware} |")
-    for base in ("popularity", "last_item"):
+    for base in baselines_lib.NAMES:
       key = f"baselines/{base}/{split}/recall@10"
       if key in first["results"] and (dataset, users, base) not in baselines:
         baselines[(dataset, users, base)] = [

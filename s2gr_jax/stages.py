@@ -343,7 +343,14 @@ class Train:
     ctx.trained = Trained(
         state=model_state, label=config.model.name,
         info={"train/steps": loop.step, "train/best_step": loop.best_step,
-              "train/wall_s": loop.wall_s, "train/stopped_early": loop.stopped_early})
+              "train/epochs": loop.step * config.train.batch_size
+                              / max(pipes.num_train_examples(), 1),
+              "train/best_epoch": loop.best_step * config.train.batch_size
+                                  / max(pipes.num_train_examples(), 1),
+              "train/wall_s": loop.wall_s, "train/compile_s": loop.compile_s,
+              "train/eval_s": loop.eval_s,
+              "train/step_s": loop.wall_s - loop.compile_s - loop.eval_s,
+              "train/stopped_early": loop.stopped_early})
 
 
 # --- evaluate -----------------------------------------------------------------------------
@@ -366,17 +373,19 @@ class Evaluate:
                                   "train/wall_s": 0.0, "train/stopped_early": False})
       ctx.results["init/from_workdir"] = config.init.from_workdir
     trained = ctx.trained
-    t0 = time.time()
-    eval_batches = {s: ctx.pipelines.eval_batches(s, ctx.eval_batch_size) for s in SPLITS}
+    splits = ("val", "test") if config.eval.test else ("val",)  # no test during searches
+    t0, c0 = time.time(), train_lib.compile_seconds()
+    eval_batches = {s: ctx.pipelines.eval_batches(s, ctx.eval_batch_size) for s in splits}
     model_metrics, by_length = {}, {}
-    for s in ("val", "test"):
+    for s in splits:
       model_metrics[s], by_length[s] = ctx.ranker(trained.state, eval_batches[s],
                                                   by_length=True)
     eval_s = time.time() - t0
+    eval_compile_s = train_lib.compile_seconds() - c0
     base_metrics = self.baselines(ctx, eval_batches)
 
     results, p = ctx.results, trained.prefix
-    for s in ("val", "test"):
+    for s in splits:
       results.update({f"{p}{s}/{k}": v for k, v in model_metrics[s].items()})
       # By history-length bucket (items), e.g. test_by_history/5/ndcg@10: histories of
       # 4-5 items when the buckets are (3, 5, ...).
@@ -386,7 +395,8 @@ class Evaluate:
         results.update({f"baselines/{name}/{s}/{k}": v for k, v in m.items()})
     results.update({f"{p}{k}": v for k, v in trained.info.items()})
     results.update({
-        f"{p}eval/wall_s": eval_s, "eval/beam_size": config.eval.beam_size,
+        f"{p}eval/wall_s": eval_s, f"{p}eval/compile_s": eval_compile_s,
+        "eval/beam_size": config.eval.beam_size, "eval/test": bool(config.eval.test),
         "data/name": dataset.name, "data/num_users": dataset.num_users,
         "data/num_items": dataset.num_items})
     write_json(fileio.join(ctx.workdir, "results.json"), results)
@@ -394,10 +404,12 @@ class Evaluate:
     ctx.writer.write(step, {f"final/{k}": v for k, v in results.items()
                             if k.startswith((f"{p}val/", f"{p}test/"))})
 
-    for s in SPLITS:
+    for s in splits:
       ctx.rows[s][trained.label] = model_metrics[s]
     tables = []
     for s, title in (("test", "Test"), ("val", "Validation")):
+      if s not in splits:
+        continue
       rows = {**ctx.rows[s], **base_metrics[s]}
       tables.append(f"{title} ({dataset.name}, {dataset.num_users:,} users, full "
                     f"catalogue of {dataset.num_items:,} items, beam "
@@ -410,7 +422,7 @@ class Evaluate:
 
   @staticmethod
   def baselines(ctx: RunContext, eval_batches) -> dict[str, dict]:
-    """Popularity and the last-item transition floor on the same batches (once a run)."""
+    """The non-learned rows (``baselines.NAMES``) on the same batches (once a run)."""
     if ctx.baseline_metrics is None:
       base = baselines_lib.Baselines(ctx.split.training_histories(ctx.dataset.sequences),
                                      ctx.dataset.num_items)

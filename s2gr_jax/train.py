@@ -27,6 +27,27 @@ from s2gr_jax.data import batches as batches_lib
 log = logging.getLogger(__name__)
 
 
+# --- compile time ----------------------------------------------------------------------
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_compile_total = [0.0]
+
+
+def _on_duration(event: str, duration: float, **_) -> None:
+  if event in _COMPILE_EVENTS:
+    _compile_total[0] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+def compile_seconds() -> float:
+  """Seconds this process has spent tracing, lowering and compiling (jax.monitoring)."""
+  return _compile_total[0]
+
+
 # --- optimizer ------------------------------------------------------------------------
 
 def make_schedule(tcfg) -> optax.Schedule:
@@ -142,6 +163,8 @@ class LoopResult:
   stopped_early: bool
   finished: bool
   wall_s: float
+  compile_s: float = 0.0  # of wall_s: tracing and compiling (train and validation steps)
+  eval_s: float = 0.0  # of wall_s: validation, less its compilation
 
 
 def _format_eta(seconds: float) -> str:
@@ -203,7 +226,7 @@ def train_loop(config, *, train_step, state, mesh, train_ds,
   data_iter = iter(train_ds)
 
   meta = {"step": 0, "best_metric": -1.0, "best_step": -1, "evals_since_best": 0,
-          "stopped_early": False, "train_wall_s": 0.0}
+          "stopped_early": False, "train_wall_s": 0.0, "compile_s": 0.0, "eval_s": 0.0}
   if ckpts.latest_step() is not None:
     state, meta = ckpts.restore_last(state, data_iter)
     log.info("Resumed from checkpoint at step %d (best val %s %.4f at step %d)",
@@ -230,6 +253,7 @@ def train_loop(config, *, train_step, state, mesh, train_ds,
   timed = 0  # steps run by this process since the last progress line
   window_start, run_start = time.time(), time.time()
   wall_at_start = float(meta["train_wall_s"])
+  compile_at_start = float(meta.get("compile_s", 0.0)) - compile_seconds()
   pending = None  # (step, metrics) of the previous step: checked one step late
   with StopSignals() as signals:
     while not done():
@@ -275,9 +299,10 @@ def train_loop(config, *, train_step, state, mesh, train_ds,
         window, timed, window_start = [], 0, time.time()
 
       if step % tcfg.eval_every == 0 or step == tcfg.num_steps:
-        t0 = time.time()
+        t0, c0 = time.time(), compile_seconds()
         val = validate(state[0])
         eval_s = time.time() - t0
+        meta["eval_s"] = float(meta.get("eval_s", 0.0)) + eval_s - (compile_seconds() - c0)
         writer.write(step, {**{f"val/{k}": v for k, v in val.items()},
                             "perf/val_s": eval_s})
         improved = val[select] > meta["best_metric"]
@@ -295,6 +320,7 @@ def train_loop(config, *, train_step, state, mesh, train_ds,
         window_start += time.time() - t0
 
       meta["train_wall_s"] = wall_at_start + time.time() - run_start
+      meta["compile_s"] = compile_at_start + compile_seconds()
       stop_now = signals.should_stop(step)
       if step % tcfg.checkpoint_every == 0 or done() or step == stop_at or stop_now:
         _check_finite(*pending, ckpts)  # never checkpoint a state that went non-finite
@@ -309,6 +335,7 @@ def train_loop(config, *, train_step, state, mesh, train_ds,
   if pending is not None:
     _check_finite(*pending, ckpts)
   meta["train_wall_s"] = wall_at_start + time.time() - run_start
+  meta["compile_s"] = compile_at_start + compile_seconds()
   if ckpts.latest_step() != step:
     save_last()
   ckpts.wait()
@@ -316,7 +343,8 @@ def train_loop(config, *, train_step, state, mesh, train_ds,
   return LoopResult(state=state, step=step, best_step=int(meta["best_step"]),
                     best_metric=float(meta["best_metric"]),
                     stopped_early=bool(meta["stopped_early"]), finished=done(),
-                    wall_s=float(meta["train_wall_s"]))
+                    wall_s=float(meta["train_wall_s"]),
+                    compile_s=float(meta["compile_s"]), eval_s=float(meta["eval_s"]))
 
 
 def _check_finite(step: int, step_metrics: dict, ckpts: ckpt_lib.Checkpoints) -> None:

@@ -124,3 +124,27 @@ def test_user_hash_known_values_and_jax_equals_numpy():
   assert batches.hash_users(ids, 2000).tolist() == expected
   assert np.asarray(batches.hash_users(jnp.asarray(ids, jnp.uint32), 2000,
                                        xp=jnp)).tolist() == expected
+
+
+@pytest.mark.parametrize("buckets", [(3,), (1, 2, 3)])
+def test_vectorized_batches_equal_the_per_example_reference(buckets):
+  rng = np.random.default_rng(0)
+  seqs = [rng.integers(1, 10, n) for n in rng.integers(3, 12, 40)]
+  split = pipeline.LeaveOneOut.from_sequences(seqs)
+  make = lambda vectorized: pipeline.Pipelines(
+      [{"items": s.tolist()} for s in seqs], split, CODES,
+      np.arange(40, dtype=np.int32) % 7, max_history=3, length_buckets=buckets,
+      vectorized=vectorized)
+  fast, slow = make(True), make(False)
+  for split_name in ("val", "test"):
+    for a, b in zip(fast.eval_batches(split_name, 8), slow.eval_batches(split_name, 8),
+                    strict=True):
+      for k in b:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        assert a[k].dtype == b[k].dtype, k
+  fi, si = iter(fast.train_dataset(4, seed=3)), iter(slow.train_dataset(4, seed=3))
+  for _ in range(30):  # several epochs: the same batches in the same order
+    a, b = next(fi), next(si)
+    for k in b:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+      assert a[k].dtype == b[k].dtype, k

@@ -4,6 +4,7 @@ NaN stop, 1 vs 8 devices, config errors, and Amazon Beauty."""
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -72,9 +73,15 @@ def test_entry_point_writes_the_output_contract(tmp_path):
     for k in (1, 5, 10, 20):
       for m in ("recall", "ndcg"):
         assert 0.0 <= results[f"{split}/{m}@{k}"] <= 1.0
-        for base in ("popularity", "last_item"):
+        for base in ("popularity", "last_item", "history_transitions"):
           assert 0.0 <= results[f"baselines/{base}/{split}/{m}@{k}"] <= 1.0
   assert results["train/steps"] == 40 and results["train/wall_s"] > 0
+  # Wall time split: compilation and validation are parts of it, the steps the rest.
+  assert results["train/compile_s"] > 0 and results["train/eval_s"] > 0
+  assert results["train/step_s"] > 0 and results["eval/compile_s"] >= 0
+  assert results["train/compile_s"] + results["train/eval_s"] < results["train/wall_s"]
+  examples = int(re.search(r"Training examples: (\d+)", proc.stdout + proc.stderr)[1])
+  assert results["train/epochs"] == pytest.approx(40 * 32 / examples)
   assert results["data/num_users"] == 300
   config = json.loads((workdir / "config.json").read_text())
   assert config["train"]["num_steps"] == 40 and config["data"]["length_buckets"] == [20]
@@ -86,6 +93,7 @@ def test_entry_point_writes_the_output_contract(tmp_path):
   out = proc.stdout
   assert "Compiling the train step" in out and "ETA" in out and "ex/s" in out
   assert "| popularity |" in out and "| last_item |" in out and "| tiger |" in out
+  assert "| history_transitions |" in out
 
 
 def test_config_typos_and_bad_values_fail_clearly(tmp_path):
@@ -215,3 +223,27 @@ def test_other_models_through_the_entry_point(tmp_path, model):
   losses = [r for r in metric_writer.read_metrics(str(workdir)) if "train/loss" in r]
   if model == "s2gr":  # every loss part is logged on its own
     assert {"train/rec", "train/align", "train/nce", "train/reg"} <= set(losses[-1])
+
+
+def test_converge_presets_early_stop_on_validation(tmp_path):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  for path in sorted((ROOT / "configs").glob("*_*.py")):
+    if path.stem.startswith("tokenize"):
+      continue
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("converge")
+    assert c.train.patience > 0 and c.eval.select_metric == "ndcg@10", path.stem
+    assert c.train.num_steps >= 5 * c.train.eval_every, path.stem
+  # The loop stops once validation has not improved for `patience` validations: with
+  # a learning rate too small to change the ranking, the first validation stays best.
+  results = run.run(tiny_config(**{"train.lr": 1e-12, "train.num_steps": 100,
+                                   "train.eval_every": 5, "train.checkpoint_every": 5,
+                                   "train.patience": 2, "train.warmup_steps": 1}),
+                    str(tmp_path / "stop"))
+  assert results["train/stopped_early"] is True
+  assert results["train/steps"] == 15 and results["train/best_step"] == 5
+  val_steps = [r["step"] for r in metric_writer.read_metrics(str(tmp_path / "stop"))
+               if "val/ndcg@10" in r]
+  assert val_steps == [5, 10, 15]

@@ -31,6 +31,17 @@ machine, same model size, batch, beam and catalogue; cornac runs in a subprocess
 
     python -m s2gr_jax.bench --suite peer --out peer.json --peer-python .venv-peer/bin/python
 
+``small`` (small.py): the real training job end to end (``python -m s2gr_jax.main`` in a
+subprocess, fresh workdir) for TIGER and S²GR at the small size (d_model 64, 2+2 layers,
+batch 256, beam 20), this checkout against the code of ``--against`` (a temporary git
+worktree), runs alternating over ``--rounds``: training examples/s, validation users/s,
+compile and wall seconds, medians and the ratios current / against. ``--data`` synthetic
+(``configs/default.py``) or scientific/beauty (``configs/{model}_{data}.py:compare``,
+TF-IDF RQ-KMeans SIDs); ``--tiny`` the ``:tiny`` presets (tests)::
+
+    python -m s2gr_jax.bench --suite small --against HEAD~1 --rounds 2 --steps 300 \\
+        --out small.json
+
 Every suite writes its JSON to ``--out`` (with the flags under ``settings``) and a
 Markdown table next to it (same name, ``.md``).
 """
@@ -50,6 +61,7 @@ from s2gr_jax.bench import common
 from s2gr_jax.bench import models
 from s2gr_jax.bench import peer
 from s2gr_jax.bench import scaling
+from s2gr_jax.bench import small
 
 # suite name → (the suite: args → its part of the JSON, that JSON → its Markdown)
 SUITES = {
@@ -57,6 +69,7 @@ SUITES = {
     "scaling": (scaling.suite_scaling, scaling.markdown),
     "catalogue": (catalogue.suite_catalogue, catalogue.markdown),
     "peer": (peer.suite_peer, peer.markdown),
+    "small": (small.suite_small, small.markdown),
 }
 
 
@@ -102,11 +115,28 @@ def main(argv=None) -> None:
                  "precision), others (bfloat16) are timed too and reported under by_dtype")
   g.add_argument("--peak-n", type=int, default=2048,
                  help="size of the float32 matmul that measures the machine's peak")
+  g = p.add_argument_group("small (the training job end to end, against another commit)")
+  g.add_argument("--against", default="HEAD~1", help="git revision whose code the "
+                 "current checkout is compared with")
+  g.add_argument("--rounds", type=int, default=2,
+                 help="runs per side and model, alternating current / against")
+  g.add_argument("--steps", type=int, default=300, help="train steps of each run")
+  g.add_argument("--data", default="synthetic", choices=small.DATASETS)
+  g.add_argument("--models", default="tiger,s2gr", help="comma list")
+  g.add_argument("--tiny", action="store_true",
+                 help="the recipes' :tiny presets (tests) instead of the small size")
+  g.add_argument("--cache-dir", default="",
+                 help="JAX compilation caches DIR/current and DIR/against, kept (warm on "
+                 "the next invocation); default: a fresh one per side, removed")
+  g.add_argument("--run-timeout", type=float, default=3600,
+                 help="seconds per run before it counts as failed")
   args = p.parse_args(argv)
   bad = [d for d in args.dtypes.split(",") if d not in ("float32", "bfloat16")]
   if bad:
     p.error(f"--dtypes takes float32 and/or bfloat16, got {', '.join(map(repr, bad))}")
   suite, markdown = SUITES[args.suite]
+  if args.suite == "small":
+    small.keep_parent_light()
   result = {"suite": args.suite,
             "device": f"{jax.device_count()} × {jax.devices()[0].device_kind}",
             "backend": jax.default_backend(), "machine": platform.machine(),

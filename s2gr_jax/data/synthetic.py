@@ -8,13 +8,28 @@ The generator plants the structure a sequential recommender should find:
   descriptive tags, sometimes a noise attribute) describe where it lives;
 * long-tailed item popularity (log-normal weights);
 * users with a few favourite leaf categories (one of them in another top category)
-  whose next item is: sometimes a fixed "complement" of the last one (co-purchase),
-  sometimes an item of the last one's leaf, most often an item of one of their
-  favourite leaves, else a popular item.
+  whose next item is: sometimes a fixed "complement" of the last one (co-purchase; by
+  default an item of a fixed partner leaf under the same top category, as a phone's
+  case sits beside phones: ``complement_scope``), sometimes an item of the last one's
+  leaf, most often an item of one of their favourite leaves, else a popular item.
 
-Popularity alone ranks poorly here; the last-item transition floor catches the
-complements and same-leaf moves; only a model that reads the whole history can tell
-which favourite leaves a user returns to. Everything is
+What a model must learn, and what the non-learned rows already catch:
+
+* **complements** (``p_complement``): one fixed item per item. Counting transitions
+  finds them once a pair has been seen; a model has to memorise the pairs (and can
+  lean on the partner leaf, which the SIDs' category structure exposes).
+* **same leaf** (``p_same_leaf``): a popular item of the last item's leaf. A model that
+  maps items to their leaf (their SIDs share a prefix) generalises across items; the
+  counts see only the pairs that happened.
+* **favourite leaves** (``p_favourite``, the largest share): the user's returning
+  interests, readable only from the whole history; the last-item floor misses them and
+  history transitions catch them only through co-occurrence counts.
+
+The ceiling is far above the counting rows: ranking by the true process (the user's
+favourites, the complements and popularity known, seen items excluded) reaches test
+R@10 0.55 / N@10 0.33 on the default spec, and 0.52 / 0.32 with the favourites guessed
+from the leaves of the history; the last-item floor has 0.27 / 0.18, history
+transitions 0.30 / 0.18, popularity 0.04 / 0.02 (2,000 users). Everything is
 deterministic from ``seed``.
 """
 
@@ -43,6 +58,9 @@ class SyntheticSpec:
   tags_per_leaf: int = 12
   tags_per_item: int = 3
   noise_attribute_rate: float = 0.3
+  # Where an item's complement lives: 'related_leaf' (a fixed partner leaf under the
+  # same top category, the way a phone's case sits beside phones) or 'anywhere'.
+  complement_scope: str = "related_leaf"
   seed: int = 0
 
   def validate(self) -> None:
@@ -52,6 +70,9 @@ class SyntheticSpec:
     if not 3 <= self.min_length <= self.max_length:
       raise ValueError("synthetic lengths need 3 <= min_length <= max_length, got "
                        f"{self.min_length}, {self.max_length}")
+    if self.complement_scope not in ("related_leaf", "anywhere"):
+      raise ValueError("synthetic.complement_scope must be 'related_leaf' or 'anywhere', "
+                       f"got {self.complement_scope!r}")
     if self.p_complement + self.p_same_leaf + self.p_favourite > 1:
       raise ValueError("synthetic transition probabilities sum to more than 1")
 
@@ -66,6 +87,26 @@ def _hierarchy(spec: SyntheticSpec, rng: np.random.Generator):
   return leaf, path, brand
 
 
+def _related_complements(spec: SyntheticSpec, leaf: np.ndarray, popularity: np.ndarray,
+                         rng: np.random.Generator) -> np.ndarray:
+  """Each item's fixed complement: a popularity-weighted item of its leaf's partner leaf
+  (another leaf under the same top category; every leaf has one partner)."""
+  per_top = int(np.prod(spec.branching[1:]))
+  num_leaves = int(np.prod(spec.branching))
+  partner = np.empty(num_leaves, np.int64)
+  for top in range(spec.branching[0]):
+    leaves = top * per_top + rng.permutation(per_top)
+    partner[leaves] = np.roll(leaves, 1) if per_top > 1 else leaves
+  complement = np.empty(len(leaf), np.int64)
+  for item in range(len(leaf)):
+    pool = np.flatnonzero((leaf == partner[leaf[item]]) & (np.arange(len(leaf)) != item))
+    if pool.size == 0:  # an empty partner leaf (small catalogues): anywhere
+      pool = np.flatnonzero(np.arange(len(leaf)) != item)
+    w = popularity[pool]
+    complement[item] = rng.choice(pool, p=w / w.sum())
+  return complement
+
+
 def generate(spec: SyntheticSpec) -> PreparedDataset:
   """Draws the catalogue and the users' sequences."""
   spec.validate()
@@ -74,6 +115,8 @@ def generate(spec: SyntheticSpec) -> PreparedDataset:
   leaf, path, brand = _hierarchy(spec, rng)
   popularity = rng.lognormal(0.0, 1.0, n)
   complement = rng.integers(0, n, n)
+  if spec.complement_scope == "related_leaf":
+    complement = _related_complements(spec, leaf, popularity, rng)
 
   # Attribute ids: every (depth, category prefix) gets an id, then brands, then noise.
   attributes: list[list[int]] = [[] for _ in range(n)]
