@@ -12,12 +12,18 @@ Commands:
       --config configs/tiger_scientific.py --workdir runs/tiger_scientific
   # the paper model at a reduced CPU budget (3,000 steps):
   ... --config configs/tiger_scientific.py:cpu --workdir runs/tiger_scientific_cpu
+  # small models until validation NDCG@10 stops improving (early stopping, ≤ 8,000 steps):
+  ... --config configs/tiger_scientific.py:converge --workdir runs/conv_tiger_scientific
   # small models, 1,500 steps:
   ... --config configs/tiger_scientific.py:compare --workdir runs/cmp_tiger_scientific
   # a few minutes on a 2-core CPU (TF-IDF item vectors, RQ-KMeans, small model):
   ... --config configs/tiger_scientific.py:tiny --workdir /tmp/tiger_scientific_tiny
 
-No run of this recipe has been made yet: there are no measured figures to give.
+Measured (``:converge``, seed 0, 2-core x86 CPU shared with other jobs, no accelerator,
+jax 0.10.2, code of 704bb3c, 2026-12-01): best validation at step 3,000 (22.9 epochs),
+early stop at 5,000; 22 min of training (compile 154 s, validation 31 s); test R@10
+0.0612, N@10 0.0356, against the last-item floor 0.0940 / 0.0711 and history
+transitions 0.1074 / 0.0786: below both. docs/results.md has the run and why.
 """
 
 from s2gr_jax import config_lib

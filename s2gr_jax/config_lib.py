@@ -239,15 +239,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      "config.tokenizer.embedding_path")
 
 
-def synthetic_recipe(arg: str | None = None, model: str = "s2gr") -> ml_collections.ConfigDict:
+def synthetic_recipe(arg: str | None = None,
+                     model: str | None = None) -> ml_collections.ConfigDict:
   """The built-in default (``configs/default.py``): the synthetic dataset, a small S²GR.
 
-  ``:tiny`` is a smaller catalogue and a smaller TIGER, for tests and notebooks (a
-  minute on CPU); ``--config.model.name=tiger`` trains TIGER at the default size.
+  ``:tiny`` is a smaller catalogue and model, for tests and notebooks (a minute on CPU),
+  with TIGER unless ``model`` says otherwise; ``--config.model.name=tiger`` trains TIGER
+  at the default size.
   """
   c = base_config()
   c.data.name = "synthetic"
-  c.model.name = model
+  c.model.name = model or ("tiger" if arg == "tiny" else "s2gr")
   # About ten users a bucket, TIGER's ratio (2,000 buckets for ~22k users): one token per
   # user (2,000 buckets for 2,000 users) lets the model memorise users.
   c.data.user_buckets = 200
@@ -261,7 +263,6 @@ def synthetic_recipe(arg: str | None = None, model: str = "s2gr") -> ml_collecti
   c.eval.update(batch_size=256)
 
   def tiny(c):
-    c.model.name = "tiger"
     c.data.user_buckets = 2000
     c.data.synthetic.update(num_users=300, num_items=200)
     c.tokenizer.codebook_size = 16

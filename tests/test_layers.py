@@ -14,7 +14,8 @@ LAYERS = (
     ("models", ("models",)),
     ("decoding", ("decoding",)),
     ("training", ("train", "evaluate", "checkpoints", "metric_writer", "baselines")),
-    ("recipe", ("stages", "config_lib", "run", "main", "export", "report", "bench")),
+    ("recipe", ("stages", "config_lib", "run", "main", "export", "report", "bench",
+                "tune")),
 )
 
 

@@ -247,3 +247,27 @@ def test_converge_presets_early_stop_on_validation(tmp_path):
   val_steps = [r["step"] for r in metric_writer.read_metrics(str(tmp_path / "stop"))
                if "val/ndcg@10" in r]
   assert val_steps == [5, 10, 15]
+
+
+def test_quick_start_table_through_the_entry_point(tmp_path):
+  """The default recipe (S²GR) as the quick start runs it, shrunk in data and steps:
+  its results table has the model's row and every non-learned row, for test and
+  validation, with every metric column."""
+  workdir = tmp_path / "quick"
+  proc = main("--config", "configs/default.py", "--workdir", str(workdir), *TINY,
+              "--config.data.synthetic.num_users=300",
+              "--config.data.synthetic.num_items=200",
+              "--config.tokenizer.codebook_size=16", "--config.train.num_steps=20",
+              "--config.train.warmup_steps=5", "--config.train.eval_every=20",
+              "--config.train.log_every=10", "--config.model.s2gr.num_clusters=4")
+  text = (workdir / "results.md").read_text()
+  assert text.startswith("Test (synthetic") and "\n\nValidation (synthetic" in text
+  for table in text.split("\n\nValidation")[:2]:
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0] == ("| model | R@1 | N@1 | R@5 | N@5 | R@10 | N@10 | R@20 | N@20 |")
+    names = [r.split(" | ")[0][2:] for r in rows[1:]]
+    assert names == ["s2gr", "popularity", "last_item", "history_transitions"]
+    for r in rows[1:]:
+      cells = [float(c) for c in r.strip("| ").split(" | ")[1:]]
+      assert len(cells) == 8 and all(0.0 <= c <= 1.0 for c in cells)
+  assert "| s2gr |" in proc.stdout and "| history_transitions |" in proc.stdout
