@@ -8,10 +8,15 @@ Commands:
   S2GR_DATA_DIR=../shared/data python -m s2gr_jax.main \\
       --config configs/sasrec_scientific.py --workdir runs/sasrec_scientific              # paper budget
   ... --config configs/sasrec_scientific.py:cpu --workdir runs/sasrec_scientific_cpu     # reduced CPU budget
+  ... --config configs/sasrec_scientific.py:converge --workdir runs/conv_sasrec_scientific # early stop
   ... --config configs/sasrec_scientific.py:compare --workdir runs/cmp_sasrec_scientific # 1,500 steps
   ... --config configs/sasrec_scientific.py:tiny --workdir /tmp/sasrec_scientific_tiny   # minutes on a CPU
 
-No run of this recipe has been made yet: there are no measured figures to give.
+Measured (``:converge``, seeds 0, 1, 2, 2-core x86 CPU, no accelerator, jax 0.10.2, code
+of 704bb3c, 2026-12-02): best validation at steps 1,500 / 3,000 / 2,000, early stop
+4 validations later, 86–126 s of training; test R@10 0.0830 ± 0.0011, N@10 0.0598 ±
+0.0005 (mean ± s.e.), against the last-item floor 0.0940 / 0.0711 and history
+transitions 0.1074 / 0.0786: below both. docs/results.md has the runs.
 """
 
 from s2gr_jax import config_lib
