@@ -124,7 +124,8 @@ class RunContext:
         user_buckets=batches.hash_users(self.dataset.user_ids, config.data.user_buckets),
         max_history=config.data.max_history,
         length_buckets=tuple(config.data.length_buckets),
-        shard_index=jax.process_index(), shard_count=jax.process_count())
+        shard_index=jax.process_index(), shard_count=jax.process_count(),
+        sequences=self.dataset.sequences)
 
   @functools.cached_property
   def eval_batch_size(self) -> int:

@@ -109,20 +109,6 @@ def worktree(repo: str, commit: str):
 
 # --- one run ----------------------------------------------------------------------------
 
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _read_json(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
 def _tail(path: str, n: int = TAIL_LINES) -> str:
   with open(path, errors="replace") as f:
     return "".join(f.readlines()[-n:])
@@ -130,10 +116,9 @@ def _tail(path: str, n: int = TAIL_LINES) -> str:
 
 def parse_run(workdir: str, log_text: str) -> dict:
   """The figures of one finished run, from its workdir and its stdout."""
-  lines = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  results = _read_json(os.path.join(workdir, "results.json"))
-  config = _read_json(os.path.join(workdir, "config.json"))
-  env = _read_json(os.path.join(workdir, "environment.json"))
+  from s2gr_jax import report  # pylint: disable=g-import-not-at-top
+  run = report.load_run(workdir)
+  lines, results, config, env = run["metrics"], run["results"], run["config"], run["env"]
   train = [r for r in lines if "perf/steps_per_s" in r and "perf/examples_per_s" in r]
   # Each progress line covers the steps since the previous one at its rate.
   steps, seconds, examples, previous = 0, 0.0, 0.0, 0

@@ -126,13 +126,17 @@ class MakeBatch(grain.transforms.Map):
     }
 
 
-def padded_sequences(source: Any, num_users: int) -> np.ndarray:
-  """int32[num_users, max_length]: every user's items, left-aligned, 0-padded."""
-  if hasattr(source, "__getitems__"):
-    records = source.__getitems__(list(range(num_users)))
-  else:
-    records = [source[u] for u in range(num_users)]
-  items = [np.asarray(r["items"], np.int32) for r in records]
+def padded_sequences(source: Any, num_users: int,
+                     sequences: Sequence[np.ndarray] | None = None) -> np.ndarray:
+  """int32[num_users, max_length]: every user's items, left-aligned, 0-padded; from
+  ``sequences`` when they are already in memory, else read from ``source``."""
+  if sequences is None:
+    if hasattr(source, "__getitems__"):
+      records = source.__getitems__(list(range(num_users)))
+    else:
+      records = [source[u] for u in range(num_users)]
+    sequences = [r["items"] for r in records]
+  items = [np.asarray(s, np.int32) for s in sequences]
   out = np.zeros((num_users, max((len(i) for i in items), default=1)), np.int32)
   for u, seq in enumerate(items):
     out[u, :len(seq)] = seq
@@ -155,10 +159,11 @@ class Pipelines:
   shard_index: int = 0
   shard_count: int = 1
   vectorized: bool = True  # False: one MakeExample call per example (the reference)
+  sequences: Sequence[np.ndarray] | None = None  # the users' items, when in memory
 
   @functools.cached_property
-  def sequences(self) -> np.ndarray:
-    return padded_sequences(self.source, len(self.split.lengths))
+  def padded(self) -> np.ndarray:
+    return padded_sequences(self.source, len(self.split.lengths), self.sequences)
 
   def _buckets_for(self, index: np.ndarray, min_size: int) -> list[tuple[int, np.ndarray]]:
     """Groups examples by length bucket; buckets smaller than ``min_size`` merge upward."""
@@ -193,7 +198,7 @@ class Pipelines:
       ds = grain.MapDataset.source(members).seed(seed * 1000 + b).shuffle()
       if self.vectorized:  # the same batches, in the same order
         ds = ds.batch(batch_size, drop_remainder=True).map(MakeBatch(
-            self.sequences, self.codes, self.user_buckets, self.max_history, length))
+            self.padded, self.codes, self.user_buckets, self.max_history, length))
       else:
         ds = ds.map(MakeExample(self.source, self.codes, self.user_buckets,
                                 self.max_history, length)).batch(batch_size,
@@ -229,7 +234,7 @@ class Pipelines:
       per_host = -(-len(members) // self.shard_count)
       num_batches = -(-per_host // batch_size)
       if self.vectorized:
-        make = MakeBatch(self.sequences, self.codes, self.user_buckets, self.max_history,
+        make = MakeBatch(self.padded, self.codes, self.user_buckets, self.max_history,
                          length)
         for i in range(num_batches):
           chunk = local[i * batch_size:(i + 1) * batch_size]
