@@ -24,9 +24,14 @@ def test_shapes_and_loss_parts():
   np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
 
 
-def test_padding_does_not_change_the_encoding():
+VARIANTS = {"paper": {}, "recency+items": dict(recency_embeddings=True,
+                                                 item_embeddings=True, num_items=40)}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_padding_does_not_change_the_encoding(variant):
   table = factories.sid_table()
-  model = factories.tiny_tiger(table)
+  model = factories.tiny_tiger(table, **VARIANTS[variant])
   batch = factories.batch(table, batch_size=2, history=4)
   longer = dict(batch)
   pad = jnp.zeros((2, 3), jnp.int32)
@@ -40,10 +45,11 @@ def test_padding_does_not_change_the_encoding():
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_loss_decreases_when_fitting_a_batch(dtype):
+@pytest.mark.parametrize("dtype,variant", [("float32", "paper"), ("bfloat16", "paper"),
+                                           ("float32", "recency+items")])
+def test_loss_decreases_when_fitting_a_batch(dtype, variant):
   table = factories.sid_table()
-  model = factories.tiny_tiger(table, dropout=0.1, dtype=dtype)
+  model = factories.tiny_tiger(table, dropout=0.1, dtype=dtype, **VARIANTS[variant])
   batch = factories.batch(table, batch_size=8, history=5)
   opt = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
 
@@ -56,6 +62,25 @@ def test_loss_decreases_when_fitting_a_batch(dtype):
 
   losses = [float(step(model, opt, jax.random.key(i))) for i in range(60)]
   assert losses[-1] < 0.3 * losses[0]
+
+
+def test_history_age_counts_back_from_the_most_recent_item():
+  mask = jnp.asarray([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], bool)
+  np.testing.assert_array_equal(np.asarray(layers.history_age(mask, 20)),
+                                [[2, 1, 0, 0, 0], [0, 0, 0, 0, 0], [4, 3, 2, 1, 0]])
+  np.testing.assert_array_equal(np.asarray(layers.history_age(mask, 3))[2], [2, 2, 2, 1, 0])
+
+
+def test_item_embeddings_read_item_identity_beside_the_codes():
+  """The paper's encoder reads only SID tokens; the variant also reads which item."""
+  table = factories.sid_table()
+  batch = factories.batch(table, batch_size=2, history=4)
+  other = dict(batch, history_items=jnp.where(batch["history_mask"],
+                                              batch["history_items"] % 40 + 1, 0))
+  for kw, same in (({}, True), (dict(item_embeddings=True, num_items=40), False)):
+    model = factories.tiny_tiger(table, **kw)
+    a, b = np.asarray(model.encode(batch)[0]), np.asarray(model.encode(other)[0])
+    assert np.allclose(a, b) == same, kw
 
 
 def test_dropout_only_with_rngs_and_rate_rounding():

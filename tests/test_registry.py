@@ -147,3 +147,17 @@ def test_a_config_saved_before_the_model_sections_loads_into_them():
   models.check_section("s2gr", config.model.s2gr.to_dict())
   current = config_lib.base_config().to_dict()
   assert config_lib.from_saved(current).to_dict() == current
+
+
+def test_a_sasrec_run_saved_before_positions_keeps_its_positions():
+  """Runs saved before ``model.sasrec.positions`` read positions from the start of the
+  history; loading them must not switch to the new default."""
+  section = models.section_defaults("sasrec")
+  assert section.pop("positions") == "from_end"
+  config = config_lib.from_saved({"model": {"name": "sasrec", "sasrec": section}})
+  assert config.model.sasrec.positions == "from_start"
+  flat = config_lib.from_saved({"model": {"name": "sasrec", "d_model": 32}})
+  assert (flat.model.sasrec.positions, flat.model.sasrec.d_model) == ("from_start", 32)
+  section["positions"] = "from_end"
+  config = config_lib.from_saved({"model": {"name": "sasrec", "sasrec": section}})
+  assert config.model.sasrec.positions == "from_end"

@@ -161,11 +161,45 @@ def test_s2gr_learns_a_batch(setup):
   assert rec[-1] < 0.3 * rec[0]
 
 
-def test_sasrec_scores_and_ranks():
+@pytest.mark.parametrize("kind", ["tiger", "s2gr"])
+def test_unlikelihood_of_recent_history_items_by_brute_force(kind):
+  """The variant's term is −log(1 − P) of each user's k most recent history items other
+  than the target, P from brute-force scoring of every catalogue item."""
+  table = factories.sid_table(num_items=40, codebook=4, levels=3)
+  batch = factories.batch(table, batch_size=4, history=6, seed=3)
+  # user 0's target is also its most recent item: that one is never penalised
+  items = np.asarray(batch["history_items"])
+  last0 = int(items[0, int(np.asarray(batch["history_mask"])[0].sum()) - 1])
+  batch = dict(batch, target_item=batch["target_item"].at[0].set(last0),
+               target_codes=batch["target_codes"].at[0].set(
+                   jnp.asarray(table.codes[last0 - 1])))
+  kw = dict(unlikelihood_weight=0.5, unlikelihood_items=3)
+  model = factories.tiny_tiger(table, **kw) if kind == "tiger" else make_s2gr(table, **kw)
+  _, metrics = model.loss(batch)
+  log_p = np.asarray(decoding.score_all_items(model, batch, table.codes))
+  terms, probs = [], []
+  mask, target = np.asarray(batch["history_mask"]), np.asarray(batch["target_item"])
+  for u in range(4):
+    recent = items[u, :mask[u].sum()][::-1][:3]
+    for item in recent:
+      if item != target[u]:
+        p = np.exp(log_p[u, item - 1])
+        terms.append(-np.log1p(-p))
+        probs.append(p)
+  np.testing.assert_allclose(float(metrics["unlikelihood"]), np.mean(terms), rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["seen_prob"]), np.mean(probs), rtol=1e-4)
+  plain = (factories.tiny_tiger(table) if kind == "tiger" else make_s2gr(table))
+  np.testing.assert_allclose(float(model.loss(batch)[0]),
+                             float(plain.loss(batch)[0]) + 0.5 * np.mean(terms), rtol=1e-4)
+
+
+@pytest.mark.parametrize("positions", ["from_end", "from_start"])
+def test_sasrec_scores_and_ranks(positions):
   table = factories.sid_table(num_items=40)
   batch = factories.batch(table, batch_size=4, history=6)
   model = sasrec.Sasrec(sasrec.SasrecConfig(num_items=40, max_history=9, d_model=16,
-                                            num_heads=2, head_dim=8, d_ff=32),
+                                            num_heads=2, head_dim=8, d_ff=32,
+                                            positions=positions),
                         rngs=nnx.Rngs(0))
   scores = model.item_scores(batch)
   assert scores.shape == (4, 40)

@@ -222,6 +222,14 @@ def _bias_bwd(_, g):
 add_batch_bias.defvjp(_bias_fwd, _bias_bwd)
 
 
+def history_age(mask: jax.Array, max_age: int) -> jax.Array:
+  """int32[B, H]: each history position's distance from the user's most recent item
+  (0 = most recent) in left-aligned histories under ``mask`` bool[B, H]; padding gets 0,
+  ages clipped to ``max_age - 1``."""
+  age = mask.sum(1, keepdims=True) - 1 - jnp.arange(mask.shape[1])
+  return jnp.clip(jnp.where(mask, age, 0), 0, max_age - 1).astype(jnp.int32)
+
+
 def relative_position_buckets(relative: jax.Array, bidirectional: bool,
                               num_buckets: int, max_distance: int) -> jax.Array:
   """T5's log-spaced buckets of ``key_pos - query_pos``."""

@@ -145,7 +145,7 @@ class S2gr(tiger.Tiger):
 
   # --- teacher forcing ---------------------------------------------------------------
 
-  def recurrence(self, batch, rngs: nnx.Rngs | None = None):
+  def recurrence(self, batch, rngs: nnx.Rngs | None = None, encoded=None):
     """The teacher-forced thought recurrence through the KV cache.
 
     Positions are fed in the fewest sequential chunks the recurrence allows: a chunk
@@ -157,7 +157,7 @@ class S2gr(tiger.Tiger):
       encoder output with its mask.
     """
     cfg = self.cfg
-    enc, enc_mask = self.encode(batch, rngs)
+    enc, enc_mask = encoded if encoded is not None else self.encode(batch, rngs)
     state = self.init_decoding(enc, enc_mask, 1, project=False)
     target = batch["target_codes"]
     pending = [self.bos((target.shape[0],))]  # inputs of the next chunk, [B, d] each
@@ -179,10 +179,10 @@ class S2gr(tiger.Tiger):
     logits.append(self.level_logits(hidden[:, 0, 0], cfg.num_levels - 1))
     return logits, thoughts, enc, enc_mask
 
-  def teacher_forced_logits(self, batch, rngs: nnx.Rngs | None = None):
+  def teacher_forced_logits(self, batch, rngs: nnx.Rngs | None = None, encoded=None):
     if self.cfg.thoughts_per_level == 0:
-      return super().teacher_forced_logits(batch, rngs)
-    return self.recurrence(batch, rngs)[0]
+      return super().teacher_forced_logits(batch, rngs, encoded)
+    return self.recurrence(batch, rngs, encoded)[0]
 
   def loss(self, batch, rngs: nnx.Rngs | None = None):
     cfg = self.cfg
@@ -219,6 +219,7 @@ class S2gr(tiger.Tiger):
       reg = mean(1.0 - (_unit(first) * _unit(jax.lax.stop_gradient(v_g))).sum(-1))
       metrics.update(nce=nce, reg=reg)
       total = total + cfg.nce_weight * nce + cfg.reg_weight * reg
+    total = self.add_unlikelihood(total, metrics, batch, enc, enc_mask)
     metrics["loss"] = total
     return total, metrics
 

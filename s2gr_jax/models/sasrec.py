@@ -35,7 +35,17 @@ class SasrecConfig:
   d_ff: int = 256
   encoder_layers: int = 2
   dropout: float = 0.2
+  # 'from_end': position 0 is the most recent item, as in the paper (histories padded on
+  # the left, so the last item always has the last position); 'from_start': position 0 is
+  # the oldest item of the left-aligned history (this project's first version, kept for
+  # the ablation: the most recent item's position then varies with the length).
+  positions: str = "from_end"
   dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.positions not in ("from_end", "from_start"):
+      raise ValueError("model.sasrec.positions must be 'from_end' or 'from_start', got "
+                       f"{self.positions!r}")
 
 
 class Sasrec(nnx.Module):
@@ -58,7 +68,11 @@ class Sasrec(nnx.Module):
     """[B, d]: the causal transformer's state at each user's last history item."""
     items, mask = batch["history_items"], batch["history_mask"]
     h = items.shape[1]
-    x = self.items(items) + self.positions(jnp.arange(h))[None]
+    if self.cfg.positions == "from_end":
+      pos = layers.history_age(mask, self.cfg.max_history)
+    else:
+      pos = jnp.arange(h)[None]
+    x = self.items(items) + self.positions(pos)
     x = self.drop(x * mask[..., None], rngs)
     attn_mask = (jnp.tril(jnp.ones((h, h), bool))[None] & mask[:, None, :])[:, None]
     for block in self.blocks:

@@ -41,10 +41,13 @@ PAD, BOS, FIRST_USER = 0, 1, 2
 class TigerConfig:
   """``config.model.tiger``; the fields in ``FROM_RUN`` come from the run, not the config."""
 
-  FROM_RUN: ClassVar[tuple[str, ...]] = ("codebook_sizes", "user_buckets", "kernels")
+  FROM_RUN: ClassVar[tuple[str, ...]] = ("codebook_sizes", "user_buckets", "kernels",
+                                         "num_items", "max_history")
 
   codebook_sizes: tuple[int, ...]
   user_buckets: int = 2000
+  num_items: int = 0
+  max_history: int = 20
   kernels: str = "plain"  # layers.KERNELS: the XLA:CPU speed pieces or the plain code
   d_model: int = 128
   num_heads: int = 6
@@ -56,6 +59,23 @@ class TigerConfig:
   rel_pos_buckets: int = 32
   rel_pos_max_distance: int = 128
   dtype: str = "float32"
+  # A named variant, off in the paper's method: an item-id embedding added to each of a
+  # history item's SID-token embeddings in the encoder, so that pairs of particular items
+  # (co-purchases) can be memorised beside what the shared codes generalise. The output
+  # side stays SIDs and the catalogue-constrained search.
+  item_embeddings: bool = False
+  # A learned embedding of each history item's distance from the end (0 = the most
+  # recent), added to its tokens. The T5 encoder's relative biases see only distances
+  # between tokens: with left-aligned histories nothing marks the most recent item.
+  recency_embeddings: bool = False
+  # A named variant, off in the paper's method: unlikelihood (Welleck et al., 2019) of
+  # the user's own ``unlikelihood_items`` most recent history items, −log(1 − P(item)),
+  # with P the model's probability of the item's whole SID path, added to the loss at
+  # this weight. A generator that copies the history's categories otherwise spends
+  # beam slots on items the user already has (items rarely repeat in these datasets;
+  # a history item that is the target is never penalised).
+  unlikelihood_weight: float = 0.0
+  unlikelihood_items: int = 4
 
   @property
   def code_offsets(self) -> tuple[int, ...]:
@@ -81,6 +101,12 @@ class Tiger(nnx.Module):
     args = (d, h, cfg.head_dim, cfg.d_ff, cfg.dropout)
     kw = dict(dtype=dtype, rngs=rngs, kernels=cfg.kernels)
     self.embed = nnx.Embed(cfg.vocab_size, d, dtype=dtype, rngs=rngs)
+    if cfg.item_embeddings:
+      if cfg.num_items < 1:
+        raise ValueError("item_embeddings needs num_items (filled from the run)")
+      self.item_embed = nnx.Embed(cfg.num_items + 1, d, dtype=dtype, rngs=rngs)
+    if cfg.recency_embeddings:
+      self.recency = nnx.Embed(cfg.max_history, d, dtype=dtype, rngs=rngs)
     self.enc_bias = layers.RelativePositionBias(
         h, bidirectional=True, num_buckets=cfg.rel_pos_buckets,
         max_distance=cfg.rel_pos_max_distance, rngs=rngs)
@@ -108,7 +134,17 @@ class Tiger(nnx.Module):
     tokens = jnp.concatenate([user, tokens], axis=1)
     mask = jnp.concatenate([jnp.ones((b, 1), bool),
                             jnp.repeat(batch["history_mask"], levels, axis=1)], axis=1)
-    x = self.drop(self.embed(tokens), rngs)
+    x = self.embed(tokens)
+    extra = None  # [B, H, d]: per history item, added to each of its tokens
+    if self.cfg.item_embeddings:
+      extra = self.item_embed(batch["history_items"])  # 0 = padding
+    if self.cfg.recency_embeddings:
+      rec = self.recency(layers.history_age(batch["history_mask"], self.cfg.max_history))
+      extra = rec if extra is None else extra + rec
+    if extra is not None:
+      extra = jnp.repeat(extra, levels, axis=1)
+      x = x + jnp.concatenate([jnp.zeros_like(extra[:, :1]), extra], axis=1)
+    x = self.drop(x, rngs)
     bias = self.enc_bias(tokens.shape[1], tokens.shape[1])[None]
     key_mask = mask[:, None, None, :]
     for layer in self.encoder:
@@ -139,9 +175,10 @@ class Tiger(nnx.Module):
     kernel = self.head.kernel[:, lo:lo + self.cfg.codebook_sizes[level]]
     return layers.matmul(hidden, kernel.astype(hidden.dtype), jnp.float32)
 
-  def teacher_forced_logits(self, batch, rngs: nnx.Rngs | None = None):
-    """Per level, logits [B, V_l] for the target's code given its earlier codes."""
-    enc, enc_mask = self.encode(batch, rngs)
+  def teacher_forced_logits(self, batch, rngs: nnx.Rngs | None = None, encoded=None):
+    """Per level, logits [B, V_l] for the target's code given its earlier codes
+    (``encoded``: the batch's ``encode`` output, when the caller has it)."""
+    enc, enc_mask = encoded if encoded is not None else self.encode(batch, rngs)
     target = batch["target_codes"]
     b, levels = target.shape
     inputs = [self.bos((b, 1))] + [self.embed_codes(target[:, l:l + 1], l)
@@ -165,10 +202,46 @@ class Tiger(nnx.Module):
     return rec, metrics
 
   def loss(self, batch, rngs: nnx.Rngs | None = None):
-    """L_rec; returns (loss, metrics)."""
-    loss, metrics = self.reconstruction_loss(self.teacher_forced_logits(batch, rngs), batch)
+    """L_rec (+ the unlikelihood variant); returns (loss, metrics)."""
+    encoded = self.encode(batch, rngs)
+    loss, metrics = self.reconstruction_loss(
+        self.teacher_forced_logits(batch, rngs, encoded), batch)
+    loss = self.add_unlikelihood(loss, metrics, batch, *encoded)
     metrics["loss"] = loss
     return loss, metrics
+
+  def path_log_probs(self, enc, enc_mask, codes: jax.Array) -> jax.Array:
+    """log P(SID path) [B, K] of K paths per user, codes int[B, K, L], through the
+    cached decoding steps (the beam search's; no dropout)."""
+    state = self.init_decoding(enc, enc_mask, codes.shape[1])
+    total = 0.0
+    for level in range(self.cfg.num_levels):
+      log_probs, state = self.decode_level(
+          state, codes[..., level - 1] if level else None, level)
+      total = total + jnp.take_along_axis(log_probs, codes[..., level:level + 1],
+                                          axis=-1)[..., 0]
+    return total
+
+  def add_unlikelihood(self, loss, metrics, batch, enc, enc_mask):
+    """``loss`` + the unlikelihood term of the variant (``metrics`` gains its parts)."""
+    cfg = self.cfg
+    if cfg.unlikelihood_weight <= 0:
+      return loss
+    mask = batch["history_mask"]
+    k = min(cfg.unlikelihood_items, mask.shape[1])
+    idx = mask.sum(1, keepdims=True) - 1 - jnp.arange(k)  # [B, k], most recent first
+    valid = idx >= 0
+    idx = jnp.maximum(idx, 0)
+    items = jnp.take_along_axis(batch["history_items"], idx, axis=1)
+    codes = jnp.take_along_axis(batch["history_codes"], idx[..., None], axis=1)
+    valid = valid & (items != batch["target_item"][:, None])
+    valid = valid & (batch["weight"][:, None] > 0)
+    log_p = jnp.minimum(self.path_log_probs(enc, enc_mask, codes), -1e-6)
+    ul = -jnp.log1p(-jnp.exp(log_p))
+    n = jnp.maximum(valid.sum(), 1)
+    metrics["unlikelihood"] = jnp.where(valid, ul, 0.0).sum() / n
+    metrics["seen_prob"] = jnp.where(valid, jnp.exp(log_p), 0.0).sum() / n
+    return loss + cfg.unlikelihood_weight * metrics["unlikelihood"]
 
   # --- cached decoding ---------------------------------------------------------------
 
