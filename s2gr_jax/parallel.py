@@ -35,7 +35,7 @@ BATCH_AXES = ("data", "fsdp")
 # [d_in, d_out] projections into heads / MLP width: rows over fsdp, columns over tensor;
 # the projections back to d_model the other way round; embeddings [vocab, d] by rows.
 DEFAULT_RULES = (
-    (r"(embed|items|word_embeddings)/embedding$", ("fsdp", "tensor")),
+    (r"(embed|items|word_embeddings|item_embed|recency)/embedding$", ("fsdp", "tensor")),
     (r"/(q|k|v|wi|query|key|value|intermediate)/kernel$", ("fsdp", "tensor")),
     (r"/(o|wo|attention_out|output)/kernel$", ("tensor", "fsdp")),
     (r"head/kernel$", ("fsdp", "tensor")),
