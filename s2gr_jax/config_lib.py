@@ -129,7 +129,8 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
     for name, fields in LEGACY_FIELDS.items():
       if isinstance(model.get(name), dict):
         model[name] = {**fields, **model[name]}
-  saved = dict(saved, model=model)
+  if model:
+    saved = dict(saved, model=model)
   return ml_collections.ConfigDict(saved)
 
 

@@ -64,8 +64,8 @@ class TigerConfig:
   # (co-purchases) can be memorised beside what the shared codes generalise. The output
   # side stays SIDs and the catalogue-constrained search.
   item_embeddings: bool = False
-  # A learned embedding of each history item's distance from the end (0 = the most
-  # recent), added to its tokens. The T5 encoder's relative biases see only distances
+  # A named variant, off in the paper's method: a learned embedding of each history
+  # item's distance from the end (0 = the most recent), added to its tokens. The T5 encoder's relative biases see only distances
   # between tokens: with left-aligned histories nothing marks the most recent item.
   recency_embeddings: bool = False
   # A named variant, off in the paper's method: unlikelihood (Welleck et al., 2019) of
