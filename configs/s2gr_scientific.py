@@ -18,13 +18,15 @@ Commands:
   ... --config configs/s2gr_scientific.py:tiny --workdir /tmp/s2gr_scientific_tiny   # minutes on a CPU
 
 Measured (``:converge``, seed 0, 2-core x86 CPU shared with other jobs, no accelerator,
-jax 0.10.2, code of 704bb3c, 2026-12-01): best validation at step 5,500 (42 epochs;
-val N@10 0.0573, TIGER's 0.0546), early stop at 7,500; 32 min of training (compile
-173 s, validation 56 s); test R@10 0.0582, N@10 0.0346 (TIGER's converged run 0.0612 /
-0.0356), against the last-item floor 0.0940 / 0.0711 and history transitions 0.1074 /
-0.0786: below both. With ``--config.model.s2gr.align_weight=0.1
---config.model.s2gr.nce_weight=0.1``: best at 2,000, stop at 4,000, 16 min; test 0.0616 /
-0.0359 (level with TIGER). docs/results.md has the runs and why.
+jax 0.10.2, code of 704bb3c, 2026-12-01): best validation at step 5,500 (42 epochs; val
+N@10 0.0573, TIGER's 0.0546), early stop at 7,500; 32 min of training (compile 173 s,
+validation 56 s); test R@10 0.0582, N@10 0.0346 (TIGER's converged run 0.0612 / 0.0356),
+against the last-item floor 0.0940 / 0.0711 and history transitions 0.1074 / 0.0786:
+below both. With ``--config.model.s2gr.align_weight=0.1
+--config.model.s2gr.nce_weight=0.1``: best at 2,000, stop at 4,000, 16 min; test 0.0616
+/ 0.0359 (level with TIGER). With ``--config.model.s2gr.recency_embeddings=True`` (code
+of 8d31a81): with the auxiliary weights at 0.1 too, test 0.0671 / 0.0409, 28 min.
+docs/results.md has the runs and why.
 """
 
 from s2gr_jax import config_lib

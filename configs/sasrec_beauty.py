@@ -13,10 +13,12 @@ Commands:
 
 Measured (seed 0, 2-core x86 CPU, no accelerator, jax 0.10.2): ``:compare`` (1,500
 steps) test R@5 0.0257, N@5 0.0159, R@10 0.0439, N@10 0.0217 in 2.4 min of training,
-still improving at its last validation. ``:converge`` (seed 0, same machine, 2026-12-02, code of 704bb3c): best at step 12,000
-(23 epochs), early stop at 16,000 after 19 min; test R@10 0.0635, N@10 0.0374 (last-item
-floor 0.0717 / 0.0460, history transitions 0.0784 / 0.0483). The other presets have not
-been run.
+still improving at its last validation (positions from the start, the code then).
+``:converge`` (seed 0, same machine, 2026-12-02, code of 8d31a81, positions from the
+end): best at step 6,000 (19 epochs at the early stop), 11 min of training; test R@10
+0.0657, N@10 0.0364; with positions from the start (code of 704bb3c) 0.0635 / 0.0374.
+Last-item floor 0.0717 / 0.0460, history transitions 0.0784 / 0.0483. The other presets
+have not been run.
 docs/results.md has every run with its command.
 """
 

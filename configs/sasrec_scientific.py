@@ -13,10 +13,12 @@ Commands:
   ... --config configs/sasrec_scientific.py:tiny --workdir /tmp/sasrec_scientific_tiny   # minutes on a CPU
 
 Measured (``:converge``, seeds 0, 1, 2, 2-core x86 CPU, no accelerator, jax 0.10.2, code
-of 704bb3c, 2026-12-02): best validation at steps 1,500 / 3,000 / 2,000, early stop
-4 validations later, 86–126 s of training; test R@10 0.0830 ± 0.0011, N@10 0.0598 ±
-0.0005 (mean ± s.e.), against the last-item floor 0.0940 / 0.0711 and history
-transitions 0.1074 / 0.0786: below both. docs/results.md has the runs.
+of 8d31a81, 2026-12-02; positions from the end): best validation at steps 1,500 / 2,500
+/ 1,000, early stop 4 validations later, 89–139 s of training; test R@10 0.0852 ±
+0.0017, N@10 0.0620 ± 0.0011 (mean ± s.e.; untuned), against the last-item floor 0.0940
+/ 0.0711 and history transitions 0.1074 / 0.0786: below both. With
+``--config.model.sasrec.positions=from_start`` (code of 704bb3c): 0.0830 ± 0.0011 /
+0.0598 ± 0.0005. docs/results.md has the runs.
 """
 
 from s2gr_jax import config_lib
