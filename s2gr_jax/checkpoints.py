@@ -23,6 +23,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from s2gr_jax import errors as errors_lib
 from s2gr_jax import fileio
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,10 @@ class Checkpoints:
         for bad in steps[:len(errors)]:
           self.last.delete(bad)
       return restored["state"], dict(restored["meta"])
-    raise RuntimeError("no checkpoint in " + str(self.last.directory) + " can be "
-                       "restored:\n" + "\n".join(errors))
+    raise errors_lib.DataError(
+        f"{self.last.directory}: no checkpoint can be restored ("
+        + "; ".join(e.splitlines()[0][:200] for e in errors) + "); the workdir is damaged:"
+        " start a new one, or delete the checkpoints to train from the beginning")
 
   def _check_process_count(self, step: int) -> None:
     """The data-iterator positions are saved per process (``data/process_I-of-N.json``):
@@ -110,9 +113,15 @@ class Checkpoints:
 
   def restore_best(self, model_state_like) -> tuple[Any, dict]:
     step = self.best.latest_step()
-    restored = self.best.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_like(model_state_like)),
-        meta=ocp.args.JsonRestore()))
+    try:
+      restored = self.best.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_like(model_state_like)),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except  (any unreadable file)
+      raise errors_lib.DataError(
+          f"{self.best.directory}/{step}: the best checkpoint cannot be restored "
+          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); the "
+          "workdir is damaged") from e
     return restored["state"], dict(restored["meta"])
 
   def wait(self) -> None:

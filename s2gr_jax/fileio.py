@@ -90,7 +90,15 @@ def write_text(p, text: str) -> None:
 
 
 def read_json(p) -> Any:
-  return json.loads(read_text(p))
+  """A JSON file; a damaged one (not UTF-8, not JSON) is an ``errors.DataError`` that
+  names it and the line."""
+  from s2gr_jax import errors  # pylint: disable=g-import-not-at-top
+  data = read_bytes(p)
+  try:
+    return json.loads(errors.decode_utf8(data, str(p)))
+  except json.JSONDecodeError as e:
+    raise errors.DataError(f"{p}:{e.lineno}: not valid JSON ({e.msg}); the file is "
+                           "damaged (a run killed while writing it?)") from None
 
 
 def write_json(p, obj, **kwargs) -> None:

@@ -6,6 +6,7 @@ locked, so a mistyped key fails. Rerunning the same command in the same workdir 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -85,7 +86,28 @@ def main(argv) -> None:
   enable_compilation_cache()
   setup_logging()
   from s2gr_jax import run  # pylint: disable=g-import-not-at-top
-  run.run(_CONFIG.value, os.path.expanduser(_WORKDIR.value))
+  with input_errors_end_the_run():
+    run.run(_CONFIG.value, os.path.expanduser(_WORKDIR.value))
+
+
+TRACEBACK_ENV = "S2GR_TRACEBACK"
+
+
+@contextlib.contextmanager
+def input_errors_end_the_run():
+  """Bad input (``errors.InputError``: a malformed file, a missing one, a failed or
+  corrupted download) ends the process with its one-line message and exit status 2;
+  ``S2GR_TRACEBACK=1`` shows the traceback instead. Anything else is a bug and keeps
+  its traceback."""
+  from s2gr_jax import errors  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except errors.InputError as e:
+    if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+      raise
+    sys.stdout.flush()
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ checkpoint, so a resumed run finds every line up to its checkpoint) and ``close(
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -23,6 +24,8 @@ import jax
 import numpy as np
 
 from s2gr_jax import fileio
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -102,7 +105,12 @@ class MetricWriter:
       return record["step"] <= step or all(
           k == "step" or k.startswith("tokenizer/") for k in record)
     lines = self._lines if self._remote else self._read_lines()
-    lines = [line for line in lines if keep(json.loads(line))]
+    records = [_parse(line) for line in lines]
+    damaged = sum(r is None for r in records)
+    if damaged:  # e.g. the last line of a run killed while writing it
+      log.warning("%s: dropping %d damaged line(s) that are not JSON records", self.path,
+                  damaged)
+    lines = [line for line, r in zip(lines, records) if r is not None and keep(r)]
     if self._remote:
       self._lines = lines
       self._sync()
@@ -155,6 +163,14 @@ class MetricWriter:
       self._wandb = None
 
 
+def _parse(line: str) -> dict | None:
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError:
+    return None
+  return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
 def read_metrics(workdir: str) -> list[dict]:
   text = fileio.read_text(fileio.join(workdir, METRICS_FILE))
-  return [json.loads(line) for line in text.splitlines() if line.strip()]
+  return [r for r in map(_parse, text.splitlines()) if r is not None]

@@ -21,6 +21,7 @@ import numpy as np
 
 from s2gr_jax import baselines as baselines_lib
 from s2gr_jax import fileio
+from s2gr_jax import metric_writer
 from s2gr_jax import models
 
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
@@ -38,11 +39,8 @@ def load_run(workdir: str) -> dict:
   if config is None or not results:
     raise FileNotFoundError(f"{workdir}: no config.json / results.json (is it a finished "
                             "run directory?)")
-  metrics_path = fileio.join(workdir, "metrics.jsonl")
-  lines = []
-  if metrics_path.exists():
-    lines = [json.loads(line) for line in metrics_path.read_text().splitlines()
-             if line.strip()]
+  metrics_path = fileio.join(workdir, metric_writer.METRICS_FILE)
+  lines = metric_writer.read_metrics(workdir) if metrics_path.exists() else []
   return {"dir": workdir, "config": config, "results": results, "metrics": lines,
           "env": _read_json(fileio.join(workdir, "environment.json")) or {},
           "sid": _read_json(fileio.join(workdir, "sid", "codebook_stats.json"))}

@@ -33,6 +33,7 @@ from s2gr_jax import baselines as baselines_lib
 from s2gr_jax import checkpoints as ckpt_lib
 from s2gr_jax import decoding
 from s2gr_jax import evaluate as evaluate_lib
+from s2gr_jax import errors
 from s2gr_jax import fileio
 from s2gr_jax import models
 from s2gr_jax import parallel
@@ -200,7 +201,7 @@ class Tokenize:
     if key_path.exists():
       cached = fileio.read_json(key_path)
       if cached == json.loads(json.dumps(key)):
-        ctx.table = table_lib.SidTable.load(sid_dir)
+        ctx.table = table_lib.SidTable.load(sid_dir, num_items=dataset.num_items)
         log.info("Semantic IDs: reusing %s (%d levels, sizes %s)", sid_dir,
                  ctx.table.num_levels, ctx.table.codebook_sizes)
         return
@@ -251,13 +252,18 @@ def reuse_semantic_ids(source_workdir: str, dataset, sid_dir) -> table_lib.SidTa
   source = fileio.join(source_workdir, "sid")
   key_path = source / "fingerprint.json"
   if not key_path.exists():
-    raise FileNotFoundError(f"tokenizer.from_workdir: no Semantic IDs in {source} "
-                            "(expected fingerprint.json and sid_table.npz)")
+    raise errors.MissingFileError(f"tokenizer.from_workdir: no Semantic IDs in {source} "
+                                  "(expected fingerprint.json and sid_table.npz)")
   key = fileio.read_json(key_path)
+  if (not isinstance(key, dict) or not isinstance(key.get("tokenizer"), dict)
+      or "dataset" not in key or "num_items" not in key):
+    raise errors.DataError(f"{key_path}: expected the keys 'tokenizer', 'dataset' and "
+                           "'num_items' of a tokenize stage")
   if key["dataset"] != dataset.fingerprint or key["num_items"] != dataset.num_items:
-    raise ValueError(f"tokenizer.from_workdir: {source} was built for dataset "
-                     f"{key['dataset']}, this run uses {dataset.fingerprint}")
-  table = table_lib.SidTable.load(source)
+    raise errors.DataError(f"tokenizer.from_workdir: {source} was built for dataset "
+                           f"{key['dataset']} ({key['num_items']} items), this run uses "
+                           f"{dataset.fingerprint} ({dataset.num_items} items)")
+  table = table_lib.SidTable.load(source, num_items=dataset.num_items)
   if (jax.process_index() == 0
       and fileio.absolute(source) != fileio.absolute(sid_dir)):
     table.save(sid_dir)
@@ -276,22 +282,23 @@ def load_initial_model(ctx: RunContext, model_state_like):
   if ctx.entry.uses_sids:
     theirs = fileio.join(source, "sid", table_lib.TABLE_FILE)
     if not fileio.exists(theirs):
-      raise FileNotFoundError(f"init.from_workdir={source!r}: no {theirs} (is it a run "
-                              "directory of a model over Semantic IDs?)")
+      raise errors.MissingFileError(f"init.from_workdir={source!r}: no {theirs} (is it a "
+                                    "run directory of a model over Semantic IDs?)")
     other = table_lib.SidTable.load(fileio.join(source, "sid"))
     if not np.array_equal(other.codes, ctx.table.codes):
-      raise ValueError(f"init.from_workdir={source!r} was trained on other Semantic IDs "
+      raise errors.DataError(f"init.from_workdir={source!r} was trained on other Semantic IDs "
                        "than this run's; set tokenizer.from_workdir to the same run so "
                        "both use one table")
   source_ckpts = ckpt_lib.Checkpoints(source, 1)
   try:
     if not source_ckpts.has_best():
-      raise FileNotFoundError(f"init.from_workdir={source!r} has no best checkpoint "
-                              "(checkpoints/best): train it until one validation first")
+      raise errors.MissingFileError(
+          f"init.from_workdir={source!r} has no best checkpoint (checkpoints/best): train "
+          "it until one validation first")
     try:
       state, meta = source_ckpts.restore_best(model_state_like)
     except Exception as e:  # pylint: disable=broad-except  (Orbax's shape errors vary)
-      raise ValueError(f"init.from_workdir={source!r}: its best checkpoint does not fit "
+      raise errors.DataError(f"init.from_workdir={source!r}: its best checkpoint does not fit "
                        f"this model (config.model.{ctx.config.model.name} must match the "
                        f"run that saved it): {type(e).__name__}: "
                        f"{str(e).splitlines()[0][:300]}") from e

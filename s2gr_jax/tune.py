@@ -66,6 +66,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from s2gr_jax import fileio
 from s2gr_jax import main as main_lib
 
 log = logging.getLogger("s2gr_jax.tune")
@@ -310,10 +311,10 @@ def differences(a: dict, b: dict) -> list[str]:
 
 
 def _read_json(path: str):
+  """A JSON file of the search's workdir, or None; a damaged one is a ``DataError``."""
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return fileio.read_json(path)
 
 
 def _write(path: str, text: str) -> None:
@@ -695,10 +696,12 @@ def main(argv) -> None:
   overrides = config_flags.get_override_values(config_flag)
   workdir = os.path.expanduser(flags.FLAGS.workdir)  # main's flags: --config, --workdir
   try:
-    summary = tune(flags.FLAGS.config, workdir, _SPACE.value, _TRIALS.value, seeds,
-                   _SEARCH_SEED.value, recipe=config_flags.get_config_filename(config_flag),
-                   overrides=json.loads(json.dumps(overrides, default=str)),
-                   command=shlex.join(["python", "-m", "s2gr_jax.tune", *sys.argv[1:]]))
+    with main_lib.input_errors_end_the_run():
+      summary = tune(flags.FLAGS.config, workdir, _SPACE.value, _TRIALS.value, seeds,
+                     _SEARCH_SEED.value,
+                     recipe=config_flags.get_config_filename(config_flag),
+                     overrides=json.loads(json.dumps(overrides, default=str)),
+                     command=shlex.join(["python", "-m", "s2gr_jax.tune", *sys.argv[1:]]))
   except SearchError as e:
     raise SystemExit(f"error: {e}") from None
   n = len(summary["seeds"])

@@ -21,7 +21,17 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 from absl import flags  # pylint: disable=g-import-not-at-top
+from hypothesis import HealthCheck, settings  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
+
+# The fuzz tests (tests/test_inputs.py): a bounded, reproducible number of examples by
+# default; `pytest --hypothesis-profile=slow` draws many more, randomly.
+_FUZZ_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True,
+                          suppress_health_check=_FUZZ_CHECKS, database=None)
+settings.register_profile("slow", max_examples=1000, deadline=None,
+                          suppress_health_check=_FUZZ_CHECKS)
+settings.load_profile("ci")
 
 flags.FLAGS.mark_as_parsed()  # Grain reads absl flags.
 

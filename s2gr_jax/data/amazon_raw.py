@@ -76,22 +76,38 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+import zlib
+
+from s2gr_jax import errors
 
 PathLike = str | os.PathLike[str]
 Review = tuple[str, str, int]  # (reviewer_id, asin, unix_time)
 
-RAW_BASE_URL = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
+RAW_BASE_URL = "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
+# The same files over plain http, tried when https fails (the checksum decides anyway).
+RAW_FALLBACK_URL = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
 RAW_CATEGORIES: dict[str, str] = {
   "beauty": "Beauty",
   "sports": "Sports_and_Outdoors",
   "toys": "Toys_and_Games",
 }
-
-_REVIEW_KEYS = ("reviewerID", "asin", "unixReviewTime")
-_UNKNOWN_BRAND = "Unknown"
-# Metadata lines start with the asin; reading it cheaply lets read_metadata
-# skip the (slow) literal_eval for the many items outside the 5-core.
-_LEADING_ASIN = re.compile(r"""^\s*\{\s*['"]asin['"]\s*:\s*['"]([^'"\\]*)['"]""")
+# SHA-256 and size of the raw files, checked before use. SNAP publishes no checksums;
+# these are the digests of independent public copies, which agree with each other
+# (Beauty: Git LFS pointers of namejun12000/SentimentLLM fb25ada and the HF dataset
+# cmulgy/beauty, and the list in ShyJason/CaIRec docs/DATASETS.md; Sports: the LFS
+# pointers of Serendipity0429/Amazon-Dataset 8cc869f). No copy with a recorded digest
+# of the Toys files was found, so they are not downloaded: a Toys folder must hold the
+# prepared files (or the raw files, with a digest added here).
+RAW_SHA256: dict[str, tuple[str, int]] = {
+  "reviews_Beauty_5.json.gz":
+    ("e5925ec99023f1dc9c7d3dff7ef34cfeacd40d1b981b5525e1e4ba9c8abc18fe", 44_819_276),
+  "meta_Beauty.json.gz":
+    ("c7977dc0e0ead14ac7df8c1c6de74da00e4bebfad87a0f0c5763d4c5bc9b53a0", 99_156_148),
+  "reviews_Sports_and_Outdoors_5.json.gz":
+    ("8130a2206c3062db1b4b9d4353efc303b0ebd13f48372559fee26c47a1d7fe51", 68_275_834),
+  "meta_Sports_and_Outdoors.json.gz":
+    ("677108a0fe0f47cce08885a348879a5a89dd69e75fbc5d66410ae436750df086", 183_143_051),
+}
 
 
 def raw_urls(name: str) -> dict[str, str]:
@@ -107,6 +123,30 @@ def raw_urls(name: str) -> dict[str, str]:
   }
 
 
+def raw_artifacts(name: str) -> dict[str, "downloads.Artifact"]:
+  """The raw files of a dataset as verified downloads; a ``DownloadError`` when no
+  checksum is recorded for them (they are then never fetched)."""
+  from s2gr_jax import downloads  # pylint: disable=g-import-not-at-top
+  out = {}
+  for part, url in raw_urls(name).items():
+    fname = url.rsplit("/", 1)[1]
+    if fname not in RAW_SHA256:
+      raise errors.DownloadError(
+        f"no checksum of {fname} is recorded in s2gr_jax (amazon_raw.RAW_SHA256), so it "
+        "is not downloaded")
+    sha256, size = RAW_SHA256[fname]
+    out[part] = downloads.Artifact(
+      name=fname, urls=(url, f"{RAW_FALLBACK_URL}/{fname}"), sha256=sha256, size=size)
+  return out
+
+
+_REVIEW_KEYS = ("reviewerID", "asin", "unixReviewTime")
+_UNKNOWN_BRAND = "Unknown"
+# Metadata lines start with the asin; reading it cheaply lets read_metadata
+# skip the (slow) literal_eval for the many items outside the 5-core.
+_LEADING_ASIN = re.compile(r"""^\s*\{\s*['"]asin['"]\s*:\s*['"]([^'"\\]*)['"]""")
+
+
 # ----------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------
@@ -120,14 +160,25 @@ def _numbered_lines(path: PathLike) -> Iterator[tuple[int, str]]:
   """
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"raw Amazon file not found: {path}")
+    raise errors.MissingFileError(f"raw Amazon file not found: {path}")
   with open(path, "rb") as probe:
     is_gzip = probe.read(2) == b"\x1f\x8b"
   opener = gzip.open if is_gzip else open
-  with opener(path, "rt", encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      if line.strip():
-        yield lineno, line
+  lineno = 0
+  try:
+    with opener(path, "rb") as f:
+      for lineno, raw in enumerate(f, start=1):
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise errors.DataError(f"{path}, line {lineno}: not UTF-8 text (byte "
+                                 f"0x{raw[e.start]:02x} at column {e.start + 1})") from None
+        if line.strip():
+          yield lineno, line
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+    raise errors.DataError(f"{path}, after line {lineno}: the gzip stream is damaged or "
+                           f"truncated ({e or type(e).__name__}); delete the file to "
+                           "fetch it again") from None
 
 
 def _parse_review(line: str, path: PathLike, lineno: int) -> Review:
@@ -136,18 +187,20 @@ def _parse_review(line: str, path: PathLike, lineno: int) -> Review:
   try:
     obj = json.loads(line)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{where}: bad JSON ({e.msg} at column {e.colno})") from None
+    raise errors.DataError(f"{where}: bad JSON ({e.msg} at column {e.colno})") from None
+  except (ValueError, RecursionError) as e:  # e.g. an integer of too many digits
+    raise errors.DataError(f"{where}: bad JSON ({e or type(e).__name__})") from None
   if not isinstance(obj, dict):
-    raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    raise errors.DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
   missing = [k for k in _REVIEW_KEYS if k not in obj]
   if missing:
-    raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
+    raise errors.DataError(f"{where}: missing key(s) {', '.join(missing)}")
   reviewer, asin, when = obj["reviewerID"], obj["asin"], obj["unixReviewTime"]
   for key, value in (("reviewerID", reviewer), ("asin", asin)):
     if not isinstance(value, str) or not value:
-      raise ValueError(f"{where}: {key} must be a non-empty string, got {value!r}")
+      raise errors.DataError(f"{where}: {key} must be a non-empty string, got {value!r}")
   if isinstance(when, bool) or not isinstance(when, int):
-    raise ValueError(f"{where}: unixReviewTime must be an integer, got {when!r}")
+    raise errors.DataError(f"{where}: unixReviewTime must be an integer, got {when!r}")
   return reviewer, asin, when
 
 
@@ -164,14 +217,14 @@ def _parse_meta(line: str, path: PathLike, lineno: int) -> dict[str, Any]:
   except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
     try:
       record = json.loads(line)
-    except json.JSONDecodeError:
-      raise ValueError(
+    except (ValueError, RecursionError):
+      raise errors.DataError(
         f"{where}: metadata line is neither a Python dict literal nor JSON"
       ) from None
   if not isinstance(record, dict):
-    raise ValueError(f"{where}: metadata record is a {type(record).__name__}, not a dict")
+    raise errors.DataError(f"{where}: metadata record is a {type(record).__name__}, not a dict")
   if not isinstance(record.get("asin"), str) or not record["asin"]:
-    raise ValueError(f"{where}: metadata record has no 'asin' string")
+    raise errors.DataError(f"{where}: metadata record has no 'asin' string")
   return record
 
 
@@ -350,7 +403,7 @@ def preprocess(
   }
   cored = _kcore(raw, core)
   if not cored:
-    raise ValueError(
+    raise errors.DataError(
       f"nothing survives the {core}-core filter: {stats['users_raw']} users, "
       f"{stats['items_raw']} items, {stats['interactions_raw']} interactions in, none out"
     )

@@ -21,6 +21,7 @@ import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from s2gr_jax import errors
 from s2gr_jax.data import prepared
 from s2gr_jax.data import synthetic
 from s2gr_jax.data.builders import sequences as builders
@@ -102,13 +103,13 @@ def _make_builder(data_cfg) -> tfds.core.DatasetBuilder:
     return builders.SyntheticSequences(config=config, data_dir=tfds_dir,
                                        file_format="array_record")
   if not data_cfg.dir:
-    raise ValueError(
+    raise errors.InputError(
         f"dataset '{data_cfg.name}' needs a data folder: set the environment variable "
         f"{DATA_DIR_ENV} (a folder with one sub-folder per dataset) or "
         "--config.data.dir=...")
   if not os.path.isdir(data_cfg.dir):
-    raise FileNotFoundError(f"data folder not found: {data_cfg.dir} (from data.dir / "
-                            f"{DATA_DIR_ENV})")
+    raise errors.MissingFileError(f"data folder not found: {data_cfg.dir} (from data.dir "
+                                  f"/ {DATA_DIR_ENV})")
   source_dir = os.path.join(data_cfg.dir, data_cfg.name)
   fp = (prepared.fingerprint(source_dir) if prepared.has_prepared_files(source_dir)
         else "raw")

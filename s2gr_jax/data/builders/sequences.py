@@ -8,8 +8,10 @@ the records), so that a prepared dataset is one self-describing folder.
 * ``AmazonSequences`` reads a prepared folder (``sequences.txt`` + optional
   ``item2attributes.json`` / ``item_text.json``, see ``s2gr_jax.data.prepared``). When the
   folder has no ``sequences.txt`` and the dataset is one of the Amazon 2014 5-core
-  categories (beauty, sports, toys), it downloads the raw review and metadata files and
-  applies the S3-Rec preprocessing (``s2gr_jax.data.amazon_raw``).
+  categories with recorded checksums (beauty, sports), it says so, downloads the raw
+  review and metadata files (verified against their SHA-256, ``s2gr_jax.downloads``)
+  and applies the S3-Rec preprocessing (``s2gr_jax.data.amazon_raw``); offline, it
+  ends with one line naming the missing file and the failed fetch.
 * ``SyntheticSequences`` draws the built-in synthetic dataset from its spec and seed.
 
 The builder config's name carries a fingerprint of its inputs (file checksums, or the
@@ -19,13 +21,17 @@ synthetic spec), so a changed input builds a new dataset instead of reusing a st
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from s2gr_jax import errors
 from s2gr_jax.data import prepared
 from s2gr_jax.data import synthetic
+
+log = logging.getLogger("s2gr_jax.data")
 
 SPLIT = "users"
 _FEATURES = dict(user_id=np.int64, items=tfds.features.Sequence(np.int32))
@@ -85,19 +91,32 @@ class AmazonSequences(_UserRecords, tfds.core.GeneratorBasedBuilder):
     return {SPLIT: self._generate_examples(data)}
 
   def _from_raw(self, dl_manager, cfg):
+    from s2gr_jax import downloads  # pylint: disable=g-import-not-at-top
     from s2gr_jax.data import amazon_raw  # pylint: disable=g-import-not-at-top
+    seq_path = os.path.join(cfg.source_dir, prepared.SEQUENCES)
     if cfg.dataset not in amazon_raw.RAW_CATEGORIES:
-      raise FileNotFoundError(
-          f"missing dataset file: {os.path.join(cfg.source_dir, prepared.SEQUENCES)} "
-          f"(and '{cfg.dataset}' is not one of the downloadable Amazon 2014 categories "
-          f"{sorted(amazon_raw.RAW_CATEGORIES)})")
-    urls = amazon_raw.raw_urls(cfg.dataset)
-    paths = dl_manager.download(urls)
-    out_dir = os.path.join(os.fspath(dl_manager.download_dir), f"{cfg.dataset}_prepared")
+      raise errors.MissingFileError(
+          f"missing dataset file: {seq_path} (and '{cfg.dataset}' is not one of the "
+          f"downloadable Amazon 2014 categories {sorted(amazon_raw.RAW_CATEGORIES)})")
+    download_dir = os.fspath(dl_manager.download_dir)
+    try:
+      artifacts = amazon_raw.raw_artifacts(cfg.dataset)
+      log.warning("%s not found: building '%s' from the raw Amazon 2014 files instead: "
+                  "%s, into %s (checked against recorded SHA-256 digests)", seq_path,
+                  cfg.dataset, ", ".join(a.urls[0] for a in artifacts.values()),
+                  download_dir)
+      paths = {part: downloads.fetch(a, download_dir) for part, a in artifacts.items()}
+    except errors.DownloadError as e:
+      raise errors.DownloadError(
+          f"missing dataset file: {seq_path}; the fallback, building it from the raw "
+          f"Amazon files, failed: {e}. Put the prepared files (sequences.txt, optional "
+          f"item2attributes.json / item_text.json) into {cfg.source_dir}.") from None
+    out_dir = os.path.join(download_dir, f"{cfg.dataset}_prepared")
     stats = amazon_raw.prepare_from_raw(paths["reviews"], paths["meta"], out_dir)
     data = prepared.read_prepared(out_dir, cfg.dataset, on_short=cfg.on_short)
     data.filter_log.update({f"raw/{k}": int(v) for k, v in stats.items()})
-    return data, {"source": urls["reviews"], "fingerprint": prepared.fingerprint(out_dir)}
+    return data, {"source": artifacts["reviews"].urls[0],
+                  "fingerprint": prepared.fingerprint(out_dir)}
 
 
 @dataclasses.dataclass(eq=False)
