@@ -46,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.tokenizer.embedding_path = ""  # for 'npy': float32[num_items, d], row i = item i + 1
   c.tokenizer.embedding_dim = 64  # SVD dimensions of the TF-IDF sources
   c.tokenizer.text_encoder_dir = ""  # for 'text': '' = $S2GR_TEXT_ENCODER_DIR or fetched
-  c.tokenizer.kind = "rqkmeans"  # 'rqkmeans' | 'rqvae' (TIGER) | 'coba' (S²GR)
+  c.tokenizer.kind = "rqkmeans"  # 'rqkmeans' | 'rqvae' (TIGER) | 'coba' (S²GR) | 'mpq'
   c.tokenizer.levels = 3
   c.tokenizer.codebook_size = 256
   c.tokenizer.kmeans_iters = 50  # RQ-KMeans, and the RQ-VAE codebook initialisation
@@ -60,6 +60,14 @@ def base_config() -> ml_collections.ConfigDict:
       window=3, propagation_hops=2, propagation_alpha=0.2, uniformity_weight=0.05,
       uniformity_percentile=10.0, balance_gamma=0.5, balance_eps=0.2, usage_decay=0.99,
       restart_every=100, restart_threshold=0.03))
+  # REG4Rec's MPQ (tokenizer.kind='mpq'): `experts` parallel codebooks of
+  # tokenizer.codebook_size codes each (tokenizer.levels is not used); CoBa's balancing
+  # and restarts per codebook (0 turns them off).
+  c.tokenizer.mpq = ml_collections.ConfigDict(dict(
+      experts=4, latent_dim=32, hidden=(256, 128), steps=3000, batch_size=1024, lr=1e-3,
+      commitment=0.25, orthogonality_weight=0.1, init_items=20_000, log_every=250,
+      balance_gamma=0.5, balance_eps=0.2, usage_decay=0.99, restart_every=100,
+      restart_threshold=0.03))
   c.tokenizer.from_workdir = ""  # reuse the SIDs of another run's workdir (same data)
 
   # model.name picks the model; model.<name> is its section, one per registered model
@@ -239,6 +247,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f"with K in eval.ks={tuple(config.eval.ks)}")
   if config.train.warmup_steps < 0 or config.train.warmup_steps >= config.train.num_steps:
     raise ValueError("config.train.warmup_steps must be in [0, train.num_steps)")
+  mpq_cfg = config.tokenizer.mpq
+  _positive(config, "tokenizer.mpq.latent_dim", "tokenizer.mpq.steps",
+            "tokenizer.mpq.batch_size", "tokenizer.mpq.lr", "tokenizer.mpq.log_every")
+  if mpq_cfg.experts < 2:
+    raise ValueError(f"config.tokenizer.mpq.experts={mpq_cfg.experts}: MPQ needs at least "
+                     "2 parallel codebooks")
+  if (min(mpq_cfg.orthogonality_weight, mpq_cfg.commitment, mpq_cfg.balance_gamma,
+          mpq_cfg.restart_every) < 0 or not 0 <= mpq_cfg.balance_eps < 1
+      or not 0 <= mpq_cfg.usage_decay < 1):
+    raise ValueError("config.tokenizer.mpq: weights and periods must be >= 0, balance_eps "
+                     "and usage_decay in [0, 1)")
   coba = config.tokenizer.coba
   if coba.propagation_hops < 0 or not 0 < coba.propagation_alpha <= 1:
     raise ValueError("config.tokenizer.coba needs propagation_hops >= 0 and "

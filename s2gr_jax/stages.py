@@ -41,6 +41,7 @@ from s2gr_jax import train as train_lib
 from s2gr_jax.data import batches
 from s2gr_jax.data import datasets
 from s2gr_jax.data import pipeline
+from s2gr_jax.sid import categories as categories_lib
 from s2gr_jax.sid import diagnostics
 from s2gr_jax.sid import embeddings
 from s2gr_jax.sid import graph as graph_lib
@@ -195,7 +196,7 @@ class Tokenize:
     if config.tokenizer.from_workdir:
       ctx.table = reuse_semantic_ids(config.tokenizer.from_workdir, dataset, sid_dir)
       return
-    key = {"tokenizer": config.tokenizer.to_dict(), "dataset": dataset.fingerprint,
+    key = {"tokenizer": tokenizer_key(config.tokenizer), "dataset": dataset.fingerprint,
            "num_items": dataset.num_items}
     key_path = sid_dir / "fingerprint.json"
     if key_path.exists():
@@ -238,6 +239,7 @@ class Tokenize:
       if quantized.history.get("step"):
         diagnostics.plot_training(quantized.history, sid_dir / "tokenizer_training.png")
       write_json(sid_dir / "fingerprint.json", key)
+      write_token_categories(table, dataset, sid_dir)
     log.info("Semantic IDs (%s on %s %s): utilisation %s, perplexity %s, collision rate "
              "%.3f, unique SIDs %.3f, de-dup level size %s, %.1f s", tcfg.kind,
              tcfg.embedding, x.shape, [round(u, 4) for u in stats["utilization"]],
@@ -245,6 +247,34 @@ class Tokenize:
              stats["unique_sid_share"],
              table.codebook_sizes[table.semantic_levels:] or "none", stats["wall_s"])
     return table
+
+
+def tokenizer_key(tcfg) -> dict:
+  """The tokenizer settings that identify a SID table. The MPQ section (added after
+  tables were first saved) counts only for MPQ, so older tables still match."""
+  key = tcfg.to_dict()
+  if key.get("kind") != "mpq":
+    key.pop("mpq", None)
+  return key
+
+
+TOKEN_CATEGORIES_FILE = "token_categories.json"
+
+
+def write_token_categories(table, dataset, sid_dir) -> None:
+  """``sid/token_categories.json``: each token's majority category (``sid/categories``)
+  and how pure the tokens are (the share of items whose category is their token's)."""
+  item_cat, names = categories_lib.item_categories(
+      dataset.item_text, dataset.item_attributes, dataset.num_items)
+  per_level = categories_lib.token_categories(
+      table.codes[:, :table.semantic_levels], table.codebook_sizes[:table.semantic_levels],
+      item_cat)
+  known = item_cat >= 0
+  purity = [float((cats[table.codes[known, l]] == item_cat[known]).mean()) if known.any()
+            else None for l, cats in enumerate(per_level)]
+  write_json(sid_dir / TOKEN_CATEGORIES_FILE, {
+      "names": names, "items_without_category": int((~known).sum()), "purity": purity,
+      "levels": [c.tolist() for c in per_level]})
 
 
 def reuse_semantic_ids(source_workdir: str, dataset, sid_dir) -> table_lib.SidTable:

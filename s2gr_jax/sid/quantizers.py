@@ -5,6 +5,7 @@
 | `rqkmeans` | residual k-means                                            | `rqkmeans.py` |
 | `rqvae`    | TIGER's RQ-VAE                                              | `rqvae.py`    |
 | `coba`     | S²GR's CoBa: the RQ-VAE with the ``tokenizer.coba`` switches | `rqvae.py`    |
+| `mpq`      | REG4Rec's parallel, unordered codebooks (``tokenizer.mpq``)  | `mpq.py`      |
 
 Adding a tokenizer is one module with a ``fit`` and one entry in ``BUILDERS``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from s2gr_jax.sid import mpq
 from s2gr_jax.sid import rqkmeans
 from s2gr_jax.sid import rqvae
 from s2gr_jax.sid.interface import Quantizer
@@ -39,11 +41,18 @@ def _rqvae(tcfg, mesh, callback, coba: bool = False) -> Quantizer:
                      callback=callback, **settings)
 
 
+def _mpq(tcfg, mesh, callback) -> Quantizer:
+  settings = dict(tcfg.mpq.to_dict(), hidden=tuple(tcfg.mpq.hidden))
+  return mpq.MPQ(codebook_size=tcfg.codebook_size, kmeans_iters=tcfg.kmeans_iters,
+                 seed=tcfg.seed, mesh=mesh, callback=callback, **settings)
+
+
 # kind → builder(tokenizer config, mesh, callback(step, scalars)) -> Quantizer
 BUILDERS: dict[str, Callable[..., Quantizer]] = {
     "rqkmeans": _rqkmeans,
     "rqvae": _rqvae,
     "coba": lambda tcfg, mesh, callback: _rqvae(tcfg, mesh, callback, coba=True),
+    "mpq": _mpq,
 }
 KINDS = tuple(BUILDERS)
 

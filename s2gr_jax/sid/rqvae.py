@@ -43,6 +43,36 @@ class CodeUsage(nnx.Variable):
   """Running statistics of the codebooks; not trained by the optimizer."""
 
 
+def balanced_distances(dist, usage, gamma: float, eps: float):
+  """CoBa's load balancing: d'_j = d_j · clip((u_j/ū)^γ, 1-ε, 1+ε) for distances
+  [..., K] to the codes of one codebook whose usage EMA is ``usage`` [K]; γ = 0 is off."""
+  if gamma <= 0:
+    return dist
+  ratio = usage / usage.mean()
+  return dist * jnp.clip(ratio ** gamma, 1.0 - eps, 1.0 + eps)
+
+
+def update_usage(usage, codes, decay: float):
+  """The usage EMA [C, K] of C codebooks after a batch of their codes int[B, C]."""
+  k = usage.shape[1]
+  counts = jax.vmap(lambda c: jnp.bincount(c, length=k))(codes.T) / codes.shape[0]
+  return decay * usage + (1.0 - decay) * counts
+
+
+def restart_dead_codes(codebooks, usage, candidates, key, threshold: float, enabled):
+  """CoBa's dead-code restart: the codes of each codebook [C, K, D] whose usage EMA is
+  under ``threshold`` × its mean jump onto rows of ``candidates`` [C, B, D] (a different
+  random row for each; residuals or encodings of the batch) when ``enabled``; their
+  usage is reset to the mean. Returns (codebooks, usage, number restarted)."""
+  c, k = usage.shape
+  dead = (usage < threshold * usage.mean(1, keepdims=True)) & enabled
+  rows = jax.random.randint(key, (c, k), 0, candidates.shape[1])
+  fresh = jnp.take_along_axis(candidates, rows[..., None], axis=1)
+  codebooks = jnp.where(dead[..., None], fresh, codebooks)
+  usage = jnp.where(dead, usage.mean(1, keepdims=True), usage)
+  return codebooks, usage, dead.sum()
+
+
 class RQVAEModel(nnx.Module):
   """Encoder, residual codebooks [L, K, latent] and decoder."""
 
@@ -77,9 +107,7 @@ class RQVAEModel(nnx.Module):
     residual, codes, residuals = z, [], []
     for level in range(codebooks.shape[0]):
       dist = clustering.sq_dists(jax.lax.stop_gradient(residual), codebooks[level])
-      if gamma > 0:
-        ratio = usage[level] / usage[level].mean()
-        dist = dist * jnp.clip(ratio ** gamma, 1.0 - eps, 1.0 + eps)[None]
+      dist = balanced_distances(dist, usage[level], gamma, eps)
       idx = dist.argmin(-1).astype(jnp.int32)
       residuals.append(residual)
       codes.append(idx)
@@ -157,24 +185,16 @@ class RQVAE:
     return loss, (parts, codes, residuals)
 
   def _make_step(self, graphdef, tx):
-    decay, k = self.usage_decay, self.codebook_size
-
     def step(state, x, key, restart):
       model, opt = nnx.merge(graphdef, state)
       grad_fn = nnx.value_and_grad(lambda m: self._loss(m, x), has_aux=True)
       (_, (parts, codes, residuals)), grads = grad_fn(model)
       opt.update(model, grads)
-      counts = jax.vmap(lambda c: jnp.bincount(c, length=k))(codes.T) / codes.shape[0]
-      usage = decay * model.usage[...] + (1.0 - decay) * counts
+      usage = update_usage(model.usage[...], codes, self.usage_decay)
       if self.restart_every > 0:
         # Dead codes jump onto residuals of this batch (a different row for each).
-        dead = usage < self.restart_threshold * usage.mean(1, keepdims=True)
-        dead = dead & restart
-        rows = jax.random.randint(key, (self.levels, k), 0, x.shape[0])
-        fresh = jnp.take_along_axis(residuals, rows[..., None], axis=1)
-        model.codebooks[...] = jnp.where(dead[..., None], fresh, model.codebooks[...])
-        usage = jnp.where(dead, usage.mean(1, keepdims=True), usage)
-        parts["restarted"] = dead.sum()
+        model.codebooks[...], usage, parts["restarted"] = restart_dead_codes(
+            model.codebooks[...], usage, residuals, key, self.restart_threshold, restart)
       model.usage[...] = usage
       return nnx.split((model, opt))[1], parts
 
