@@ -345,7 +345,7 @@ def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.C
     c.eval.val_users = 3_000
 
   def small_model(c):  # the SID generators; SASRec keeps its tuned shape
-    update_models(c, ("tiger", "s2gr"), d_model=64, num_heads=4, head_dim=16, d_ff=256,
+    update_models(c, ("tiger", "s2gr", "reg4rec"), d_model=64, num_heads=4, head_dim=16, d_ff=256,
                   encoder_layers=2, decoder_layers=2, anchor_layers=1)
 
   def tiny(c):

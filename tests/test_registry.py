@@ -21,13 +21,14 @@ import test_run
 
 def test_every_model_has_a_section_matching_its_dataclass():
   config = config_lib.base_config()
-  assert set(models.REGISTRY) == {"tiger", "s2gr", "sasrec"}
+  assert set(models.REGISTRY) == {"tiger", "s2gr", "sasrec", "reg4rec"}
   for name, entry in models.REGISTRY.items():
     section = config.model[name].to_dict()
     fields = {f.name for f in dataclasses.fields(entry.config)}
     assert set(section) == fields - set(entry.config.FROM_RUN), name
   assert models.get("sasrec").search == "catalogue" and not models.get("sasrec").uses_sids
   assert models.get("s2gr").search == "prefix" and models.get("tiger").uses_sids
+  assert models.get("reg4rec").search == "sets" and models.get("reg4rec").uses_sids
 
 
 def test_a_key_the_model_does_not_take_fails_and_names_the_model(tmp_path):
@@ -80,8 +81,8 @@ def test_recommend_runs_the_search_of_the_index():
   catalogue = decoding.make_index(table, models.get("sasrec").search)
   items, scores = decoding.recommend(sasrec, batch, catalogue, beam=5)
   np.testing.assert_array_equal(np.asarray(items), np.asarray(sasrec.rank(batch, 5)[0]))
-  with pytest.raises(ValueError, match="unknown search 'sets'"):
-    decoding.make_index(table, "sets")
+  with pytest.raises(ValueError, match="unknown search 'graph'"):
+    decoding.make_index(table, "graph")
 
 
 # --- adding a model: one module, one config dataclass, one register line ---------------

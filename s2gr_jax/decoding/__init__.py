@@ -8,6 +8,7 @@
 |-------------|-----------------------------|----------------------------------------------|
 | `prefix`    | `PrefixTrie` (ordered SIDs) | `beam.beam_search`: one model step per level |
 | `catalogue` | `Catalogue`                 | `items.top_items`: the top K of item scores  |
+| `sets`      | `CodeSets` (unordered SIDs) | `sets.crss_search`: REG4Rec's CRSS beams     |
 
 A new kind of constraint (REG4Rec's sets, an LLM's text-then-SID) is an index type and a
 search function registered in ``SEARCHES``; the callers (evaluation, export, benchmarks)
@@ -25,13 +26,17 @@ from s2gr_jax.decoding.constraints import Constraint
 from s2gr_jax.decoding.constraints import PrefixTrie
 from s2gr_jax.decoding.items import Catalogue
 from s2gr_jax.decoding.items import top_items
+from s2gr_jax.decoding.sets import CodeSets
+from s2gr_jax.decoding.sets import crss_search
 
-__all__ = ["Catalogue", "Constraint", "INDEXES", "PrefixTrie", "SEARCHES", "beam_search",
+__all__ = ["Catalogue", "CodeSets", "Constraint", "crss_search", "INDEXES", "PrefixTrie", "SEARCHES", "beam_search",
            "gather_beams", "make_index", "recommend", "score_all_items", "top_items"]
 
 # search kind → (index type built from a SidTable, the search that reads it)
-INDEXES: dict[str, type] = {"prefix": PrefixTrie, "catalogue": Catalogue}
-SEARCHES: dict[str, Callable[..., Any]] = {"prefix": beam_search, "catalogue": top_items}
+INDEXES: dict[str, type] = {"prefix": PrefixTrie, "catalogue": Catalogue,
+                            "sets": CodeSets}
+SEARCHES: dict[str, Callable[..., Any]] = {"prefix": beam_search, "catalogue": top_items,
+                                           "sets": crss_search}
 
 
 def make_index(table, search: str):

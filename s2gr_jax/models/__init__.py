@@ -6,6 +6,7 @@ search that ranks with it.
 | `tiger`  | `config.model.tiger`  | `tiger.Tiger`           | `prefix`    |
 | `s2gr`   | `config.model.s2gr`   | `s2gr.S2gr`             | `prefix`    |
 | `sasrec` | `config.model.sasrec` | `sasrec.Sasrec`         | `catalogue` |
+| `reg4rec`| `config.model.reg4rec`| `reg4rec.Reg4Rec`       | `sets`      |
 
 Adding a model is one module (an ``nnx.Module`` with the calls of ``interfaces.py``),
 one frozen config dataclass, and one ``register`` line below. The config gets a section
@@ -14,7 +15,8 @@ against the dataclass, so a key the model does not take fails and names the mode
 fields a dataclass lists in ``FROM_RUN`` are filled from the run (``run_fields``), never
 from the config. ``search`` names the constrained search in ``decoding`` that ranks
 catalogue items with the model: ``prefix`` (beam search over the SID trie) or
-``catalogue`` (the top K of every item's score).
+``catalogue`` (the top K of every item's score) or ``sets`` (REG4Rec's confidence-ordered
+beams over unordered codebooks).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from flax import nnx
 import jax
 
 from s2gr_jax.models import layers
+from s2gr_jax.models import reg4rec
 from s2gr_jax.models import s2gr
 from s2gr_jax.models import sasrec
 from s2gr_jax.models import tiger
@@ -37,7 +40,7 @@ __all__ = ["Entry", "Generator", "ItemScorer", "Model", "REGISTRY", "build",
            "config_from_section", "get", "register", "resolve_kernels", "run_fields",
            "section_defaults"]
 
-SEARCHES = ("prefix", "catalogue")
+SEARCHES = ("prefix", "catalogue", "sets")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +79,7 @@ def register(name: str, config: type, module: type, search: str) -> None:
 register("tiger", tiger.TigerConfig, tiger.Tiger, search="prefix")
 register("s2gr", s2gr.S2grConfig, s2gr.S2gr, search="prefix")
 register("sasrec", sasrec.SasrecConfig, sasrec.Sasrec, search="catalogue")
+register("reg4rec", reg4rec.Reg4RecConfig, reg4rec.Reg4Rec, search="sets")
 
 
 def get(name: str) -> Entry:
@@ -124,6 +128,7 @@ def run_fields(table, *, user_buckets: int, max_history: int,
                kernels: str) -> dict[str, Any]:
   """Every value a ``FROM_RUN`` field may ask for, from the SID table and the run."""
   return {"codebook_sizes": tuple(int(s) for s in table.codebook_sizes),
+          "semantic_levels": int(table.semantic_levels),
           "num_items": int(table.num_items), "user_buckets": int(user_buckets),
           "max_history": int(max_history), "kernels": resolve_kernels(kernels)}
 

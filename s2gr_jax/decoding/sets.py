@@ -1,0 +1,177 @@
+"""Set-constrained beam search over parallel, unordered codebooks (REG4Rec's CRSS).
+
+An item is M (codebook, code) tokens (and a de-duplication token last, when items share
+all M). A path may emit the codebooks in any order; every prefix must leave at least
+one catalogue item possible. ``CodeSets`` holds the catalogue as arrays:
+
+* ``codes`` int32[N, L]: every item's codes;
+* ``posting`` int32[ΣD, P]: for each flat token (codebook offset + code), the items
+  carrying it (0-based, -1 padding; P is the longest such list, so memory is
+  O(ΣD · P) ≈ O(M · N) for balanced codebooks — linear in the catalogue);
+* ``used`` bool[ΣD]: tokens some item carries.
+
+A beam's path is the items still possible (``alive`` int32[B, K, P], the posting list
+of its first token filtered by every later one) and the codebooks it has emitted. At
+each step ``crss_search``:
+
+1. takes the model's log-probabilities of every codebook's codes, masked to the tokens
+   some alive item carries in a codebook the beam has not emitted;
+2. picks the beam's codebook: the one whose best allowed code is the most probable
+   (confidence-based step selection; ``model.cfg.order == 'fixed'`` takes codebook
+   ``step`` instead, the ablation);
+3. extends the beam by that codebook's allowed codes; the K best extensions of all
+   beams by summed log-probability survive, as in ``beam.beam_search``.
+
+Since the order is a function of the path so far, each item is reached by one path, so
+a beam as wide as the catalogue returns every item once, each scored by its
+log-probability along the order the search took.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from flax import struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from s2gr_jax.data import batches
+from s2gr_jax.decoding.beam import gather_beams
+
+
+@struct.dataclass
+class CodeSets:
+  """The catalogue for set-constrained decoding (see module docstring)."""
+
+  kind: ClassVar[str] = "sets"
+
+  codes: jax.Array
+  posting: jax.Array
+  used: jax.Array
+  codebook_of: jax.Array  # int32[ΣD]: the codebook of each flat token
+  sizes: tuple[int, ...] = struct.field(pytree_node=False)  # semantic codebook sizes
+  dedup_size: int = struct.field(pytree_node=False)  # 0: no de-dup level
+
+  @property
+  def offsets(self) -> tuple[int, ...]:
+    return tuple(int(x) for x in np.cumsum((0,) + self.sizes[:-1]))
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    return (max(self.sizes),) * len(self.sizes) + ((self.dedup_size,) if self.dedup_size
+                                                   else ())
+
+  @classmethod
+  def from_table(cls, table) -> "CodeSets":
+    m = table.semantic_levels
+    sizes = tuple(int(s) for s in table.codebook_sizes[:m])
+    codes = np.asarray(table.codes, np.int32)
+    flat = codes[:, :m] + np.cumsum((0,) + sizes[:-1])[None]  # [N, M]
+    total = sum(sizes)
+    counts = np.bincount(flat.ravel(), minlength=total)
+    width = int(counts.max())
+    posting = np.full((total, width), -1, np.int32)
+    order = np.argsort(flat.ravel(), kind="stable")
+    tokens = flat.ravel()[order]
+    items = np.repeat(np.arange(len(codes)), m)[order]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    posting[tokens, np.arange(len(tokens)) - starts[tokens]] = items
+    dedup = int(table.codebook_sizes[m]) if table.num_levels > m else 0
+    return cls(codes=jnp.asarray(codes), posting=jnp.asarray(posting),
+               used=jnp.asarray(counts > 0),
+               codebook_of=jnp.asarray(np.repeat(np.arange(m), sizes), jnp.int32),
+               sizes=sizes, dedup_size=dedup)
+
+  def carried(self, alive: jax.Array, level: int | None = None) -> jax.Array:
+    """bool[B, K, ΣD] (or [B, K, D_dedup] for ``level`` = M): tokens an alive item has."""
+    m = len(self.sizes)
+    safe = jnp.maximum(alive, 0)
+    ok = alive >= 0
+    if level is None:
+      flat = self.codes[safe][..., :m] + jnp.asarray(self.offsets, jnp.int32)  # [B,K,P,M]
+      size, ok = sum(self.sizes), jnp.broadcast_to(ok[..., None], flat.shape)
+    else:
+      flat, size = self.codes[safe][..., level], self.dedup_size
+    lead = alive.shape[:2]
+    flat = flat.reshape(lead + (-1,))
+    ok = ok.reshape(lead + (-1,))
+    scatter = lambda f, v: jnp.zeros(size, bool).at[f].max(v)
+    return jax.vmap(jax.vmap(scatter))(flat, ok)
+
+  def item(self, alive: jax.Array) -> jax.Array:
+    """The item id (1-based) of each finished path: its one alive item."""
+    return alive.max(-1) + 1
+
+
+def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool = False):
+  """Top-``beam`` items per user: ids int32[B, K] and scores float32[B, K], best first
+  (and, with ``return_orders``, the codebook order int32[B, K, M] of each path)."""
+  b = batches.batch_size(batch)
+  m = len(index.sizes)
+  fixed = getattr(model.cfg, "order", "confidence") == "fixed"
+  offsets = jnp.asarray(index.offsets, jnp.int32)
+  sizes = jnp.asarray(index.sizes, jnp.int32)
+  width = max(index.sizes)
+  state = model.start_decoding(batch, 1)
+  score = jnp.zeros((b, 1))
+  alive = jnp.full((b, 1, index.posting.shape[1]), -1, jnp.int32)
+  emitted = jnp.zeros((b, 1, m), bool)
+  orders = jnp.zeros((b, 1, m), jnp.int32)
+  tokens = None
+
+  def keep(cand, cand_tokens, k_in, w):
+    """The ``beam`` best of [B, k_in * w] candidates: scores, parents, slots."""
+    if k_in * w < beam:
+      pad = ((0, 0), (0, beam - k_in * w))
+      cand = jnp.pad(cand, pad, constant_values=-jnp.inf)
+      cand_tokens = jnp.pad(cand_tokens, pad)
+    top_score, top = jax.lax.top_k(cand, beam)
+    return top_score, jnp.minimum(top // w, k_in - 1), jnp.take_along_axis(cand_tokens, top, 1)
+
+  for step in range(m):
+    log_probs, state = model.decode_level(state, tokens, step)  # [B, K_in, ΣD]
+    k_in = score.shape[1]
+    if step == 0:
+      allowed = jnp.broadcast_to(index.used, log_probs.shape)
+    else:
+      allowed = index.carried(alive) & ~jnp.take_along_axis(
+          emitted, jnp.broadcast_to(index.codebook_of, log_probs.shape), axis=2)
+    masked = jnp.where(allowed, log_probs, -jnp.inf)
+    if fixed:
+      chosen = jnp.full((b, k_in), step, jnp.int32)
+    else:
+      best = jnp.stack([masked[..., o:o + s].max(-1) for o, s in
+                        zip(index.offsets, index.sizes)], axis=-1)  # [B, K_in, M]
+      chosen = best.argmax(-1).astype(jnp.int32)
+    slot = jnp.arange(width)
+    in_book = slot < sizes[chosen][..., None]
+    cand_tokens = offsets[chosen][..., None] + jnp.where(in_book, slot, 0)  # [B,K_in,W]
+    cand = score[..., None] + jnp.take_along_axis(masked, cand_tokens, axis=-1)
+    cand = jnp.where(in_book, cand, -jnp.inf).reshape(b, k_in * width)
+    score, parent, tokens = keep(cand, cand_tokens.reshape(b, -1), k_in, width)
+    alive, emitted, orders = gather_beams((alive, emitted, orders), parent)
+    codebook = jnp.take_along_axis(chosen, parent, axis=1)
+    orders = orders.at[:, :, step].set(codebook)
+    emitted = emitted | jax.nn.one_hot(codebook, m, dtype=bool)
+    if step == 0:
+      alive = index.posting[tokens]
+    else:
+      code = tokens - offsets[codebook]
+      has = index.codes[jnp.maximum(alive, 0), codebook[..., None]] == code[..., None]
+      alive = jnp.where((alive >= 0) & has, alive, -1)
+    state = dict(state, per_beam=gather_beams(state["per_beam"], parent))
+  if index.dedup_size:
+    log_probs, state = model.decode_level(state, tokens, m)  # [B, K, D_dedup]
+    masked = jnp.where(index.carried(alive, m), log_probs, -jnp.inf)
+    k_in, w = score.shape[1], index.dedup_size
+    cand = (score[..., None] + masked).reshape(b, k_in * w)
+    cand_tokens = jnp.broadcast_to(jnp.arange(w), (b, k_in, w)).reshape(b, -1)
+    score, parent, dedup = keep(cand, cand_tokens, k_in, w)
+    alive, orders = gather_beams((alive, orders), parent)
+    alive = jnp.where((alive >= 0) & (index.codes[jnp.maximum(alive, 0), m]
+                                      == dedup[..., None]), alive, -1)
+  items = jnp.where(jnp.isfinite(score), index.item(alive), 0)
+  if return_orders:
+    return items, score, orders
+  return items, score
