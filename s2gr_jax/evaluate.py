@@ -28,8 +28,11 @@ def make_eval_step(model_graphdef, mesh, *, beam: int, ks):
 
   def local_step(model_state, batch, index):
     model = nnx.merge(model_graphdef, model_state)
-    items, _ = decoding.recommend(model, batch, index, beam=beam)
+    items, _, stats = decoding.recommend(model, batch, index, beam=beam,
+                                         return_stats=True)
     sums = metrics_lib.rank_metric_sums(items, batch["target_item"], batch["weight"], ks)
+    for name, per_user in stats.items():  # e.g. REG4Rec's CORP: paths pruned per user
+      sums[f"search/{name}"] = (per_user * batch["weight"]).sum()
     return jax.tree.map(lambda x: jax.lax.psum(x, parallel.BATCH_AXES), sums)
 
   batch = P(parallel.BATCH_AXES)

@@ -156,8 +156,12 @@ class RunContext:
     """``evaluate(model_state, batches, by_length=False)``: the compiled constrained
     ranking of this run's model over its catalogue index."""
     config = self.config
-    index = jax.device_put(decoding.make_index(self.need_table("evaluate"),
-                                               self.entry.search),
+    table = self.need_table("evaluate")
+    extras = {}
+    if self.entry.search == "sets":  # REG4Rec's pruning reads the tokens' categories
+      extras["item_category"] = categories_lib.item_categories(
+          self.dataset.item_text, self.dataset.item_attributes, self.dataset.num_items)[0]
+    index = jax.device_put(decoding.make_index(table, self.entry.search, **extras),
                            parallel.replicated(self.mesh))
     eval_step = evaluate_lib.make_eval_step(self.model_parts[1], self.mesh,
                                             beam=config.eval.beam_size,

@@ -98,6 +98,9 @@ def test_order_agnostic_training_is_causal():
   model = tiny_reg4rec(table)
   batch = factories.batch(table, batch_size=3)
   orders = jnp.asarray([[2, 0, 1], [0, 1, 2], [1, 2, 0]])
+  enc, enc_mask = model.encode(batch)  # user token, then <SEP> + L tokens per item
+  _, hist, levels = batch["history_codes"].shape
+  assert enc.shape[1] == enc_mask.shape[1] == 1 + hist * (levels + 1)
   hidden = model.ordered_hidden(batch, orders)
   changed = dict(batch)
   # a different code for the codebook emitted last: only the positions after it change
@@ -138,3 +141,83 @@ def test_reg4rec_rejects_tiger_only_settings():
     tiny_reg4rec(table, unlikelihood_weight=1.0)
   with pytest.raises(ValueError, match="order='random'"):
     tiny_reg4rec(table, order="random")
+
+
+def test_reg4rec_on_mpq_ids_through_a_run(tmp_path):
+  from s2gr_jax import run  # pylint: disable=g-import-not-at-top
+  import test_run  # pylint: disable=g-import-not-at-top
+  config = test_run.tiny_config(**{
+      "model.name": "reg4rec", "tokenizer.kind": "mpq", "tokenizer.mpq.steps": 40,
+      "tokenizer.mpq.log_every": 20, "tokenizer.mpq.hidden": (32,),
+      "tokenizer.mpq.latent_dim": 8, "train.num_steps": 20, "train.eval_every": 20,
+      "train.checkpoint_every": 20})
+  results = run.run(config, str(tmp_path))
+  assert 0 <= results["test/recall@10"] <= 1 and 0 <= results["val/ndcg@10"] <= 1
+  for row in ("popularity", "last_item", "history_transitions"):  # the table's rows
+    assert f"baselines/{row}/test/recall@10" in results
+  table = table_lib.SidTable.load(tmp_path / "sid")
+  assert not table.ordered
+
+
+@pytest.mark.parametrize("corp", [True, False])
+def test_corp_prunes_exactly_the_inconsistent_paths(corp):
+  # Two categories, A (code 0) and B (code 1) in every codebook; in fixed order the
+  # check after M - 1 = 2 steps compares the first two steps' categories.
+  codes = np.array([[0, 0, 0], [1, 1, 1], [0, 1, 0], [1, 0, 1], [0, 0, 1], [1, 1, 0]])
+  table = table_lib.SidTable.from_semantic_codes(codes, (2, 2, 2), ordered=False)
+  index = sets.CodeSets.from_table(table, item_category=np.array([0, 1, 0, 1, 0, 1]))
+  index = index.replace(token_category=jnp.asarray([0, 1, 0, 1, 0, 1], jnp.int32))
+  model = tiny_reg4rec(table, order="fixed", corp=corp)
+  batch = factories.batch(table, batch_size=2)
+  items, scores, _ = search(model, batch, index, 6)
+  for row, score in zip(np.asarray(items), np.asarray(scores)):
+    kept = set(row[np.isfinite(score)].tolist())
+    if corp:  # items 3 (A, B, ..) and 4 (B, A, ..) are pruned, the rest kept
+      assert kept == {1, 2, 5, 6}
+    else:
+      assert kept == {1, 2, 3, 4, 5, 6}
+  assert float(sets.consistency(jnp.asarray([0, 0, 1]))) == pytest.approx(0.5)
+  assert float(sets.consistency(jnp.asarray([0, -1, 1]))) == pytest.approx(1.0)
+
+
+def test_merge_paths_on_a_hand_made_case():
+  items = jnp.asarray([[3, 5, 3, 0]])
+  scores = jnp.asarray([[-1.0, -2.0, -1.5, -jnp.inf]])
+  got_items, got = sets.merge_paths(items, scores, "logsumexp")
+  assert np.asarray(got_items).tolist() == [[3, 5, 0, 0]]
+  np.testing.assert_allclose(np.asarray(got)[0, :2],
+                             [np.logaddexp(-1.0, -1.5), -2.0], rtol=1e-6)
+  got_items, got = sets.merge_paths(items, scores, "max")
+  np.testing.assert_allclose(np.asarray(got)[0, :2], [-1.0, -2.0])
+
+
+@pytest.mark.parametrize("merge", ["logsumexp", "max"])
+def test_all_codebooks_variant_merges_orders_into_one_item(merge):
+  table = unordered_table()
+  model = tiny_reg4rec(table, expand="all_codebooks", merge=merge)
+  batch = factories.batch(table, batch_size=2)
+  items, scores, _ = search(model, batch, sets.CodeSets.from_table(table), 12)
+  for row, score in zip(np.asarray(items), np.asarray(scores)):
+    found = row[np.isfinite(score)]
+    assert len(found) == len(set(found.tolist())) >= 1  # no item twice
+    assert found.min() >= 1 and found.max() <= table.num_items
+    assert np.all(np.diff(score[np.isfinite(score)]) <= 1e-6)
+
+
+def test_corp_prunes_are_counted_in_the_evaluation():
+  from s2gr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from s2gr_jax import parallel  # pylint: disable=g-import-not-at-top
+  codes = np.array([[0, 0, 0], [1, 1, 1], [0, 1, 0], [1, 0, 1], [0, 0, 1], [1, 1, 0]])
+  table = table_lib.SidTable.from_semantic_codes(codes, (2, 2, 2), ordered=False)
+  index = sets.CodeSets.from_table(table).replace(
+      token_category=jnp.asarray([0, 1, 0, 1, 0, 1], jnp.int32))
+  model = tiny_reg4rec(table, order="fixed")
+  from s2gr_jax import config_lib  # pylint: disable=g-import-not-at-top
+  mesh_cfg = config_lib.base_config().mesh
+  mesh_cfg.update(data=1, fsdp=1, tensor=1)
+  mesh = parallel.make_mesh(mesh_cfg)
+  graphdef, state = nnx.split(model)
+  step = evaluate.make_eval_step(graphdef, mesh, beam=6, ks=(1, 5))
+  batch = factories.batch(table, batch_size=2)
+  got = evaluate.evaluate(step, state, [dict(batch)], index, mesh)
+  assert got["search/corp_pruned"] == pytest.approx(2.0)  # items 3 and 4, every user

@@ -39,14 +39,26 @@ SEARCHES: dict[str, Callable[..., Any]] = {"prefix": beam_search, "catalogue": t
                                            "sets": crss_search}
 
 
-def make_index(table, search: str):
-  """The index of ``search`` over the catalogue of ``table`` (a pytree for ``jit``)."""
+def make_index(table, search: str, **extras):
+  """The index of ``search`` over the catalogue of ``table`` (a pytree for ``jit``);
+  ``extras`` go to the index's ``from_table`` (the ``sets`` index takes
+  ``item_category``, the items' categories, for REG4Rec's pruning)."""
   if search not in INDEXES:
     raise ValueError(f"unknown search {search!r}; available: {sorted(INDEXES)}")
-  return INDEXES[search].from_table(table)
+  return INDEXES[search].from_table(table, **extras)
 
 
-def recommend(model, batch, index, *, beam: int):
+# Searches that also report per-user counts of what they did (``return_stats``).
+SEARCH_STATS: dict[str, tuple[str, ...]] = {"sets": ("corp_pruned",)}
+
+
+def recommend(model, batch, index, *, beam: int, return_stats: bool = False):
   """Top-``beam`` item ids int32[B, beam] and scores float32[B, beam], best first, by
-  the search that ``index`` belongs to (``make_index``)."""
-  return SEARCHES[index.kind](model, batch, index, beam=beam)
+  the search that ``index`` belongs to (``make_index``); with ``return_stats`` also a
+  dict of float[B] per-user counts (``SEARCH_STATS``; empty for the other searches)."""
+  search = SEARCHES[index.kind]
+  if not return_stats:
+    return search(model, batch, index, beam=beam)
+  if index.kind in SEARCH_STATS:
+    return search(model, batch, index, beam=beam, return_stats=True)
+  return search(model, batch, index, beam=beam) + ({},)

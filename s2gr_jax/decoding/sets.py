@@ -20,11 +20,20 @@ each step ``crss_search``:
    (confidence-based step selection; ``model.cfg.order == 'fixed'`` takes codebook
    ``step`` instead, the ablation);
 3. extends the beam by that codebook's allowed codes; the K best extensions of all
-   beams by summed log-probability survive, as in ``beam.beam_search``.
+   beams by summed log-probability survive, as in ``beam.beam_search``;
+4. CORP (``model.cfg.corp``): after ``corp_step`` steps (0 = M - 1), a path whose
+   adjacent steps share their tokens' category (``token_category``; unknown agrees with
+   anything) in fewer than ``corp_min_consistency`` of the pairs is dropped, so its slot
+   goes to another extension (unless every path of a user would be dropped).
 
 Since the order is a function of the path so far, each item is reached by one path, so
 a beam as wide as the catalogue returns every item once, each scored by its
 log-probability along the order the search took.
+
+``model.cfg.expand='all_codebooks'`` is the variant that extends every beam by the
+allowed codes of *every* open codebook (the K best (codebook, code) pairs over all
+beams survive); then several orders can reach one item, and their paths are merged at
+the end (``model.cfg.merge``: ``logsumexp`` of their scores, or ``max``).
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ class CodeSets:
   posting: jax.Array
   used: jax.Array
   codebook_of: jax.Array  # int32[ΣD]: the codebook of each flat token
+  token_category: jax.Array  # int32[ΣD]: each token's majority category (-1: unknown)
   sizes: tuple[int, ...] = struct.field(pytree_node=False)  # semantic codebook sizes
   dedup_size: int = struct.field(pytree_node=False)  # 0: no de-dup level
 
@@ -63,7 +73,10 @@ class CodeSets:
                                                    else ())
 
   @classmethod
-  def from_table(cls, table) -> "CodeSets":
+  def from_table(cls, table, item_category: np.ndarray | None = None) -> "CodeSets":
+    """The index of ``table``; ``item_category`` int[N] (``sid.categories``) gives the
+    tokens their categories for CORP (without it every token's is unknown)."""
+    from s2gr_jax.sid import categories  # pylint: disable=g-import-not-at-top
     m = table.semantic_levels
     sizes = tuple(int(s) for s in table.codebook_sizes[:m])
     codes = np.asarray(table.codes, np.int32)
@@ -78,10 +91,14 @@ class CodeSets:
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     posting[tokens, np.arange(len(tokens)) - starts[tokens]] = items
     dedup = int(table.codebook_sizes[m]) if table.num_levels > m else 0
+    token_category = np.full(total, categories.NO_CATEGORY, np.int32)
+    if item_category is not None:
+      token_category = np.concatenate(categories.token_categories(
+          codes[:, :m], sizes, np.asarray(item_category))).astype(np.int32)
     return cls(codes=jnp.asarray(codes), posting=jnp.asarray(posting),
                used=jnp.asarray(counts > 0),
                codebook_of=jnp.asarray(np.repeat(np.arange(m), sizes), jnp.int32),
-               sizes=sizes, dedup_size=dedup)
+               token_category=jnp.asarray(token_category), sizes=sizes, dedup_size=dedup)
 
   def carried(self, alive: jax.Array, level: int | None = None) -> jax.Array:
     """bool[B, K, ΣD] (or [B, K, D_dedup] for ``level`` = M): tokens an alive item has."""
@@ -104,12 +121,44 @@ class CodeSets:
     return alive.max(-1) + 1
 
 
-def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool = False):
+def consistency(cats: jax.Array) -> jax.Array:
+  """Share of adjacent steps whose categories agree (-1 agrees with any): cats
+  int[..., S] → float[...]."""
+  a, b = cats[..., :-1], cats[..., 1:]
+  agree = (a == b) | (a < 0) | (b < 0)
+  return agree.mean(-1)
+
+
+def merge_paths(items: jax.Array, scores: jax.Array, how: str):
+  """Beams [B, K] that reach the same item become one: its score is the log-sum-exp
+  (``how='logsumexp'``) or the max of theirs; the rest become empty (item 0, -inf);
+  re-sorted best first."""
+  same = (items[:, :, None] == items[:, None, :]) & (items[:, :, None] > 0)
+  masked = jnp.where(same, scores[:, None, :], -jnp.inf)
+  merged = (jax.nn.logsumexp(masked, axis=-1) if how == "logsumexp"
+            else masked.max(-1))
+  k = items.shape[1]
+  first = ~(same & (jnp.arange(k)[None, None, :] < jnp.arange(k)[None, :, None])).any(-1)
+  keep = first & (items > 0) & jnp.isfinite(scores)
+  merged = jnp.where(keep, merged, -jnp.inf)
+  order = jnp.argsort(-merged, axis=1)
+  merged = jnp.take_along_axis(merged, order, axis=1)
+  items = jnp.take_along_axis(jnp.where(keep, items, 0), order, axis=1)
+  return jnp.where(jnp.isfinite(merged), items, 0), merged
+
+
+def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool = False,
+                return_stats: bool = False):
   """Top-``beam`` items per user: ids int32[B, K] and scores float32[B, K], best first
-  (and, with ``return_orders``, the codebook order int32[B, K, M] of each path)."""
+  (and, with ``return_orders``, the codebook order int32[B, K, M] of each path; with
+  ``return_stats``, ``{"corp_pruned": float[B]}``, the paths CORP dropped per user)."""
   b = batches.batch_size(batch)
   m = len(index.sizes)
-  fixed = getattr(model.cfg, "order", "confidence") == "fixed"
+  cfg = model.cfg
+  fixed = getattr(cfg, "order", "confidence") == "fixed"
+  every_codebook = getattr(cfg, "expand", "best_codebook") == "all_codebooks"
+  pruned_count = jnp.zeros((b,))
+  corp_after = (cfg.corp_step or m - 1) if getattr(cfg, "corp", False) else 0
   offsets = jnp.asarray(index.offsets, jnp.int32)
   sizes = jnp.asarray(index.sizes, jnp.int32)
   width = max(index.sizes)
@@ -118,6 +167,7 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
   alive = jnp.full((b, 1, index.posting.shape[1]), -1, jnp.int32)
   emitted = jnp.zeros((b, 1, m), bool)
   orders = jnp.zeros((b, 1, m), jnp.int32)
+  cats = jnp.zeros((b, 1, m), jnp.int32)
   tokens = None
 
   def keep(cand, cand_tokens, k_in, w):
@@ -138,21 +188,36 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
       allowed = index.carried(alive) & ~jnp.take_along_axis(
           emitted, jnp.broadcast_to(index.codebook_of, log_probs.shape), axis=2)
     masked = jnp.where(allowed, log_probs, -jnp.inf)
-    if fixed:
-      chosen = jnp.full((b, k_in), step, jnp.int32)
+    if every_codebook and not fixed:  # the variant: pairs of every open codebook
+      w = masked.shape[-1]
+      cand_tokens = jnp.broadcast_to(jnp.arange(w, dtype=jnp.int32), masked.shape)
+      cand = (score[..., None] + masked).reshape(b, k_in * w)
+      score, parent, tokens = keep(cand, cand_tokens.reshape(b, -1), k_in, w)
+      alive, emitted, orders, cats = gather_beams((alive, emitted, orders, cats), parent)
+      codebook = index.codebook_of[tokens]
     else:
-      best = jnp.stack([masked[..., o:o + s].max(-1) for o, s in
-                        zip(index.offsets, index.sizes)], axis=-1)  # [B, K_in, M]
-      chosen = best.argmax(-1).astype(jnp.int32)
-    slot = jnp.arange(width)
-    in_book = slot < sizes[chosen][..., None]
-    cand_tokens = offsets[chosen][..., None] + jnp.where(in_book, slot, 0)  # [B,K_in,W]
-    cand = score[..., None] + jnp.take_along_axis(masked, cand_tokens, axis=-1)
-    cand = jnp.where(in_book, cand, -jnp.inf).reshape(b, k_in * width)
-    score, parent, tokens = keep(cand, cand_tokens.reshape(b, -1), k_in, width)
-    alive, emitted, orders = gather_beams((alive, emitted, orders), parent)
-    codebook = jnp.take_along_axis(chosen, parent, axis=1)
+      if fixed:
+        chosen = jnp.full((b, k_in), step, jnp.int32)
+      else:
+        best = jnp.stack([masked[..., o:o + s].max(-1) for o, s in
+                          zip(index.offsets, index.sizes)], axis=-1)  # [B, K_in, M]
+        chosen = best.argmax(-1).astype(jnp.int32)
+      slot = jnp.arange(width)
+      in_book = slot < sizes[chosen][..., None]
+      cand_tokens = offsets[chosen][..., None] + jnp.where(in_book, slot, 0)  # [B,K,W]
+      cand = score[..., None] + jnp.take_along_axis(masked, cand_tokens, axis=-1)
+      cand = jnp.where(in_book, cand, -jnp.inf).reshape(b, k_in * width)
+      score, parent, tokens = keep(cand, cand_tokens.reshape(b, -1), k_in, width)
+      alive, emitted, orders, cats = gather_beams((alive, emitted, orders, cats), parent)
+      codebook = jnp.take_along_axis(chosen, parent, axis=1)
     orders = orders.at[:, :, step].set(codebook)
+    cats = cats.at[:, :, step].set(index.token_category[tokens])
+    if step + 1 == corp_after and corp_after >= 2:
+      pruned = consistency(cats[..., :corp_after]) < cfg.corp_min_consistency
+      pruned = pruned & ~pruned.all(1, keepdims=True)  # never every path of a user
+      pruned = pruned & jnp.isfinite(score)
+      pruned_count = pruned.sum(1).astype(jnp.float32)
+      score = jnp.where(pruned, -jnp.inf, score)
     emitted = emitted | jax.nn.one_hot(codebook, m, dtype=bool)
     if step == 0:
       alive = index.posting[tokens]
@@ -172,6 +237,17 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
     alive = jnp.where((alive >= 0) & (index.codes[jnp.maximum(alive, 0), m]
                                       == dedup[..., None]), alive, -1)
   items = jnp.where(jnp.isfinite(score), index.item(alive), 0)
+  if every_codebook and not fixed:  # several orders may reach one item: merge them
+    merge = getattr(cfg, "merge", "logsumexp")
+    # keep each merged item's order: the order of its best path
+    items_m, score_m = merge_paths(items, score, merge)
+    same = items[:, None, :] == items_m[:, :, None]  # [B, merged slot, beam]
+    best_of = jnp.argmax(jnp.where(same, score[:, None, :], -jnp.inf), axis=-1)
+    orders = jnp.take_along_axis(orders, best_of[..., None], axis=1)
+    items, score = items_m, score_m
+  out = (items, score)
   if return_orders:
-    return items, score, orders
-  return items, score
+    out = out + (orders,)
+  if return_stats:
+    out = out + ({"corp_pruned": pruned_count},)
+  return out if len(out) > 2 else (items, score)

@@ -6,7 +6,8 @@ width, so comparisons are fair). What differs is the path:
 * **Tokens.** An item is M (codebook, code) tokens from MPQ (``sid/mpq.py``) plus, when
   items share all M, the de-duplication token. Every token id carries its codebook (one
   id range per codebook), so the decoder sees which codebook each emitted token is from
-  and the order of a path can vary. The encoder reads the history as TIGER does.
+  and the order of a path can vary. The encoder reads the user token, then ``<SEP>``
+  and the tokens of each history item (Figure 2).
 * **Order-agnostic training.** Each example is teacher-forced along a random order of
   its M codebooks (drawn from the dropout stream; the fixed order 0..M-1 without
   ``rngs``), and every decoder position t is trained to predict the target's code in
@@ -16,6 +17,9 @@ width, so comparisons are fair). What differs is the path:
 * **Confidence-based reasoning step selection (CRSS)** at inference
   (``decoding/sets.py``): each beam continues with the codebook whose best still-
   possible code is the most probable, over that codebook's codes.
+* **Consistency-oriented pruning (CORP)**, ``corp``: after ``corp_step`` steps the
+  search drops paths whose steps disagree in category (the tokens' majority item
+  categories, ``sid/categories.py``); ``corp=False`` is the ablation.
 * ``order='fixed'`` is the ablation: training and search in codebook order 0..M-1.
 
 The score of an item is the sum of its tokens' log-probabilities along the order the
@@ -48,6 +52,17 @@ class Reg4RecConfig(tiger.TigerConfig):
   semantic_levels: int = 0  # M, from the SID table
   # 'confidence': random-order training, CRSS search; 'fixed': codebooks 0..M-1 (ablation)
   order: str = "confidence"
+  # CORP, consistency-oriented pruning (decoding/sets.py): after `corp_step` steps
+  # (0 = M - 1) a path whose adjacent steps share their token's category less often than
+  # `corp_min_consistency` is dropped (a step of unknown category agrees with any).
+  corp: bool = True
+  corp_step: int = 0
+  corp_min_consistency: float = 0.5
+  # The search's expansion: 'best_codebook' (CRSS: each beam continues in its most
+  # confident codebook) or 'all_codebooks' (the variant: every open codebook's codes
+  # compete; paths that reach one item are merged by `merge`, 'logsumexp' or 'max').
+  expand: str = "best_codebook"
+  merge: str = "logsumexp"
 
   @property
   def sem_sizes(self) -> tuple[int, ...]:
@@ -62,6 +77,15 @@ class Reg4RecConfig(tiger.TigerConfig):
   def has_dedup(self) -> bool:
     return self.num_levels > self.semantic_levels
 
+  @property
+  def sep(self) -> int:
+    """The ``<SEP>`` token that opens each history item in the encoder (Figure 2)."""
+    return super().vocab_size
+
+  @property
+  def vocab_size(self) -> int:
+    return super().vocab_size + 1
+
 
 class Reg4Rec(tiger.Tiger):
   """The REG4Rec generator (see module docstring)."""
@@ -69,12 +93,51 @@ class Reg4Rec(tiger.Tiger):
   def __init__(self, cfg: Reg4RecConfig, *, rngs: nnx.Rngs):
     if cfg.order not in ORDERS:
       raise ValueError(f"model.reg4rec.order={cfg.order!r}; choose one of {ORDERS}")
+    if cfg.expand not in ("best_codebook", "all_codebooks"):
+      raise ValueError(f"model.reg4rec.expand={cfg.expand!r}; choose 'best_codebook' or "
+                       "'all_codebooks'")
+    if cfg.merge not in ("logsumexp", "max"):
+      raise ValueError(f"model.reg4rec.merge={cfg.merge!r}; choose 'logsumexp' or 'max'")
     if cfg.unlikelihood_weight > 0:
       raise ValueError("model.reg4rec.unlikelihood_weight: the unlikelihood variant is "
                        "TIGER's and S²GR's, not REG4Rec's; set it to 0")
+    if cfg.corp and not (0 <= cfg.corp_step <= cfg.semantic_levels
+                         and 0 <= cfg.corp_min_consistency <= 1):
+      raise ValueError(f"model.reg4rec.corp_step={cfg.corp_step} must be in 0..M "
+                       f"(M = {cfg.semantic_levels}) and corp_min_consistency in [0, 1]")
     if not 1 <= cfg.semantic_levels <= cfg.num_levels:
       raise ValueError(f"semantic_levels={cfg.semantic_levels} of {cfg.num_levels} levels")
     super().__init__(cfg, rngs=rngs)
+
+  # --- encoder -----------------------------------------------------------------------
+
+  def encode(self, batch, rngs: nnx.Rngs | None = None):
+    """History → encoder states [B, T, d], mask [B, T]: the user token, then per history
+    item ``<SEP>`` and its L tokens (T = 1 + H (L + 1))."""
+    cfg = self.cfg
+    codes = batch["history_codes"]  # [B, H, L]
+    b, hist, levels = codes.shape
+    per_item = jnp.concatenate([jnp.full((b, hist, 1), cfg.sep, jnp.int32),
+                                codes + jnp.asarray(cfg.code_offsets)], axis=2)
+    tokens = jnp.concatenate([tiger.FIRST_USER + batch["user_bucket"][:, None],
+                              per_item.reshape(b, hist * (levels + 1))], axis=1)
+    mask = jnp.concatenate([jnp.ones((b, 1), bool),
+                            jnp.repeat(batch["history_mask"], levels + 1, axis=1)], axis=1)
+    x = self.embed(tokens)
+    extra = None  # [B, H, d]: per history item, added to each of its tokens
+    if cfg.item_embeddings:
+      extra = self.item_embed(batch["history_items"])
+    if cfg.recency_embeddings:
+      rec = self.recency(tiger.layers.history_age(batch["history_mask"], cfg.max_history))
+      extra = rec if extra is None else extra + rec
+    if extra is not None:
+      extra = jnp.repeat(extra, levels + 1, axis=1)
+      x = x + jnp.concatenate([jnp.zeros_like(extra[:, :1]), extra], axis=1)
+    x = self.drop(x, rngs)
+    bias = self.enc_bias(tokens.shape[1], tokens.shape[1])[None]
+    for layer in self.encoder:
+      x = layer(x, mask[:, None, None, :], bias, rngs)
+    return self.drop(self.enc_norm(x), rngs), mask
 
   # --- tokens ------------------------------------------------------------------------
 
