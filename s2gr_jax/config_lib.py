@@ -330,7 +330,8 @@ def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.C
   c.data.name = dataset
   c.data.length_buckets = (3, 5, 8, 12, 20)
   c.tokenizer.embedding = "text"
-  c.tokenizer.kind = {"tiger": "rqvae", "s2gr": "coba", "sasrec": "rqkmeans"}[model]
+  c.tokenizer.kind = {"tiger": "rqvae", "s2gr": "coba", "sasrec": "rqkmeans",
+                      "reg4rec": "mpq"}[model]
   c.model.name = model
   # The tuned SASRec shape (small, more dropout) is its section's default.
   c.model.sasrec.update(d_model=64, num_heads=2, head_dim=32, d_ff=256, encoder_layers=2,
@@ -345,11 +346,13 @@ def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.C
     c.eval.val_users = 3_000
 
   def small_model(c):  # the SID generators; SASRec keeps its tuned shape
-    update_models(c, ("tiger", "s2gr", "reg4rec"), d_model=64, num_heads=4, head_dim=16, d_ff=256,
-                  encoder_layers=2, decoder_layers=2, anchor_layers=1)
+    update_models(c, ("tiger", "s2gr", "reg4rec"), d_model=64, num_heads=4, head_dim=16,
+                  d_ff=256, encoder_layers=2, decoder_layers=2, anchor_layers=1)
 
   def tiny(c):
-    c.tokenizer.update(embedding="text_tfidf", embedding_dim=64, kind="rqkmeans")
+    c.tokenizer.update(embedding="text_tfidf", embedding_dim=64,
+                       kind="mpq" if model == "reg4rec" else "rqkmeans")
+    c.tokenizer.mpq.update(steps=300, log_every=100)  # used by REG4Rec only
     small_model(c)
     c.train.update(num_steps=300, lr=3e-3, warmup_steps=30, log_every=50,
                    eval_every=150, checkpoint_every=150)
