@@ -77,11 +77,18 @@ def history_batch(config, table, history_items, user_ids, target_items=None) -> 
       target_items=target_items, xp=jnp)
 
 
-def recommend_fn(config, table, model, beam: int):
-  """The pure function that gets exported: raw histories → top items and scores."""
+def models_search(config) -> str:
+  from s2gr_jax import models  # pylint: disable=g-import-not-at-top
+  return models.get(config.model.name).search
+
+
+def recommend_fn(config, table, model, beam: int, index_extras: dict | None = None):
+  """The pure function that gets exported: raw histories → top items and scores
+  (``index_extras`` go to ``decoding.make_index``)."""
   from s2gr_jax import decoding  # pylint: disable=g-import-not-at-top
   from s2gr_jax import models  # pylint: disable=g-import-not-at-top
-  index = decoding.make_index(table, models.get(config.model.name).search)
+  index = decoding.make_index(table, models.get(config.model.name).search,
+                              **(index_extras or {}))
 
   def recommend(history_items, user_ids):
     batch = history_batch(config, table, history_items, user_ids)
@@ -93,7 +100,13 @@ def recommend_fn(config, table, model, beam: int):
 def export_recommender(workdir: str, out_dir: str, beam: int = 20) -> str:
   """Writes ``recommend.jaxexport`` + ``recommend.json`` into ``out_dir``; returns the path."""
   config, table, model = load_trained(workdir)
-  fn = recommend_fn(config, table, model, beam)
+  extras = {}
+  cats_path = fileio.join(workdir, "sid", "token_categories.json")
+  if models_search(config) == "sets" and fileio.exists(cats_path):
+    # REG4Rec's pruning reads the tokens' categories, as the evaluation did
+    levels = fileio.read_json(cats_path)["levels"]
+    extras["token_category"] = np.concatenate([np.asarray(l, np.int32) for l in levels])
+  fn = recommend_fn(config, table, model, beam, extras)
   (b,) = jax.export.symbolic_shape("b")
   h = config.data.max_history
   exported = jax.export.export(jax.jit(fn))(jax.ShapeDtypeStruct((b, h), jnp.int32),

@@ -197,6 +197,13 @@ class Tokenize:
       ctx.table = table_lib.SidTable.identity(dataset.num_items)
       return
     sid_dir = fileio.join(ctx.workdir, "sid")
+    self.load_or_fit(ctx, sid_dir)
+    if (jax.process_index() == 0
+        and not fileio.exists(sid_dir / TOKEN_CATEGORIES_FILE)):  # reused tables too
+      write_token_categories(ctx.table, dataset, sid_dir)
+
+  def load_or_fit(self, ctx: RunContext, sid_dir) -> None:
+    config, dataset = ctx.config, ctx.dataset
     if config.tokenizer.from_workdir:
       ctx.table = reuse_semantic_ids(config.tokenizer.from_workdir, dataset, sid_dir)
       return
@@ -243,7 +250,7 @@ class Tokenize:
       if quantized.history.get("step"):
         diagnostics.plot_training(quantized.history, sid_dir / "tokenizer_training.png")
       write_json(sid_dir / "fingerprint.json", key)
-      write_token_categories(table, dataset, sid_dir)
+      write_token_categories(table, dataset, sid_dir)  # a new table: new categories
     log.info("Semantic IDs (%s on %s %s): utilisation %s, perplexity %s, collision rate "
              "%.3f, unique SIDs %.3f, de-dup level size %s, %.1f s", tcfg.kind,
              tcfg.embedding, x.shape, [round(u, 4) for u in stats["utilization"]],

@@ -221,3 +221,12 @@ def test_corp_prunes_are_counted_in_the_evaluation():
   batch = factories.batch(table, batch_size=2)
   got = evaluate.evaluate(step, state, [dict(batch)], index, mesh)
   assert got["search/corp_pruned"] == pytest.approx(2.0)  # items 3 and 4, every user
+
+
+def test_token_category_given_directly_and_checked():
+  table = unordered_table()
+  cats = np.arange(12) % 3
+  index = sets.CodeSets.from_table(table, token_category=cats)
+  assert np.asarray(index.token_category).tolist() == cats.tolist()
+  with pytest.raises(ValueError, match="12 semantic tokens"):
+    sets.CodeSets.from_table(table, token_category=np.zeros(5))

@@ -73,9 +73,11 @@ class CodeSets:
                                                    else ())
 
   @classmethod
-  def from_table(cls, table, item_category: np.ndarray | None = None) -> "CodeSets":
+  def from_table(cls, table, item_category: np.ndarray | None = None,
+                 token_category: np.ndarray | None = None) -> "CodeSets":
     """The index of ``table``; ``item_category`` int[N] (``sid.categories``) gives the
-    tokens their categories for CORP (without it every token's is unknown)."""
+    tokens their categories for CORP, or ``token_category`` int[ΣD] gives them directly
+    (``sid/token_categories.json``); without either every token's is unknown."""
     from s2gr_jax.sid import categories  # pylint: disable=g-import-not-at-top
     m = table.semantic_levels
     sizes = tuple(int(s) for s in table.codebook_sizes[:m])
@@ -91,10 +93,16 @@ class CodeSets:
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     posting[tokens, np.arange(len(tokens)) - starts[tokens]] = items
     dedup = int(table.codebook_sizes[m]) if table.num_levels > m else 0
-    token_category = np.full(total, categories.NO_CATEGORY, np.int32)
-    if item_category is not None:
+    if token_category is not None:
+      token_category = np.asarray(token_category, np.int32)
+      if token_category.shape != (total,):
+        raise ValueError(f"token_category has shape {token_category.shape}, the table "
+                         f"has {total} semantic tokens")
+    elif item_category is not None:
       token_category = np.concatenate(categories.token_categories(
           codes[:, :m], sizes, np.asarray(item_category))).astype(np.int32)
+    else:
+      token_category = np.full(total, categories.NO_CATEGORY, np.int32)
     return cls(codes=jnp.asarray(codes), posting=jnp.asarray(posting),
                used=jnp.asarray(counts > 0),
                codebook_of=jnp.asarray(np.repeat(np.arange(m), sizes), jnp.int32),
