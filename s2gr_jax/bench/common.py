@@ -52,13 +52,14 @@ def model_config(name: str | None = None, *, dtype: str = "float32", kernels: st
 
 
 def synthetic_table(num_items: int, levels: int = 3, codebook: int = 256, dim: int = 32,
-                    seed: int = 0) -> table_lib.SidTable:
+                    seed: int = 0, ordered: bool = True) -> table_lib.SidTable:
   """Random codes (``levels`` × ``codebook``, plus the de-dup level where they collide)
-  and random codebooks, so that S²GR's codebook clusters and the peer's features exist."""
+  and random codebooks, so that S²GR's codebook clusters and the peer's features exist;
+  ``ordered=False`` marks them parallel codebooks (REG4Rec's MPQ tokens)."""
   rng = np.random.default_rng(seed)
   codes = rng.integers(0, codebook, (num_items, levels))
   books = [rng.normal(size=(codebook, dim)).astype(np.float32) for _ in range(levels)]
-  return table_lib.SidTable.from_semantic_codes(codes, (codebook,) * levels,
+  return table_lib.SidTable.from_semantic_codes(codes, (codebook,) * levels, ordered,
                                                 codebooks=books)
 
 

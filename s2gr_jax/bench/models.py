@@ -1,10 +1,12 @@
-"""The ``models`` benchmark suite: the cost of S²GR's thoughts.
+"""The ``models`` benchmark suite: the cost of S²GR's thoughts and REG4Rec's search.
 
-TIGER and S²GR (same backbone, same SID table: 3×256 codes + a de-dup level) run the
-jitted train step and the constrained beam search on the same synthetic batches; the
-suite reports step time, examples/s, users/s, compile time, XLA's FLOP count per step,
-each model's ``mfu`` (FLOP/s over the device's data-sheet dense bf16 peak, or
-``--peak-flops``), and the ratios S²GR / TIGER (SPEC: training ≤ 1.35×, decoding ≤ 1.2×)::
+TIGER and S²GR (same backbone, same SID table: 3×256 codes + a de-dup level) and REG4Rec
+(the same backbone over 4 parallel codebooks of 256 codes, its CRSS search with CORP)
+run the jitted train step and the constrained beam search on synthetic batches of the
+same size; the suite reports step time, examples/s, users/s, compile time, XLA's FLOP
+count per step, each model's ``mfu`` (FLOP/s over the device's data-sheet dense bf16
+peak, or ``--peak-flops``), and the ratios to TIGER (SPEC: S²GR training ≤ 1.35×,
+decoding ≤ 1.2×)::
 
     python -m s2gr_jax.bench --suite models --out models.json
 """
@@ -17,10 +19,12 @@ from s2gr_jax.bench import common
 
 
 def suite_models(args) -> dict:
-  table = common.synthetic_table(args.items)
+  tables = {"tiger": common.synthetic_table(args.items),
+            "reg4rec": common.synthetic_table(args.items, levels=4, ordered=False)}
   peak = common.peak_for(args)
   out = {}
-  for name in ("tiger", "s2gr"):
+  for name in ("tiger", "s2gr", "reg4rec"):
+    table = tables.get(name, tables["tiger"])
     cfg = common.model_config(name, dtype=getattr(args, "dtype", "float32"),
                               kernels=getattr(args, "kernels", "auto"))
     out[name] = common.measure_model(cfg, table, batch=args.batch, history=args.history,
@@ -36,6 +40,10 @@ def suite_models(args) -> dict:
                                          / out["tiger"]["train_step_s"]),
           "s2gr_over_tiger_decode": (out["s2gr"]["decode_batch_s"]
                                      / out["tiger"]["decode_batch_s"]),
+          "reg4rec_over_tiger_train_step": (out["reg4rec"]["train_step_s"]
+                                            / out["tiger"]["train_step_s"]),
+          "reg4rec_over_tiger_decode": (out["reg4rec"]["decode_batch_s"]
+                                        / out["tiger"]["decode_batch_s"]),
       },
   }
 
