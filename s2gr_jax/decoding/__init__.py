@@ -29,7 +29,8 @@ from s2gr_jax.decoding.items import top_items
 from s2gr_jax.decoding.sets import CodeSets
 from s2gr_jax.decoding.sets import crss_search
 
-__all__ = ["Catalogue", "CodeSets", "Constraint", "crss_search", "INDEXES", "PrefixTrie", "SEARCHES", "beam_search",
+__all__ = ["Catalogue", "CodeSets", "Constraint", "crss_search", "INDEXES", "PrefixTrie",
+           "SEARCHES", "beam_search",
            "gather_beams", "make_index", "recommend", "score_all_items", "top_items"]
 
 # search kind → (index type built from a SidTable, the search that reads it)
