@@ -107,6 +107,13 @@ def _json(name: str, fn: Callable[[dict], object]) -> Callable[[str], None]:
   return lambda folder: _edit_json(os.path.join(folder, name), fn)
 
 
+def _repeat_line_50(lines: list[str]) -> list[str]:
+  """Line 50 appended as the last line (before the file's final newline, if any)."""
+  if lines and not lines[-1]:
+    return lines[:-1] + [lines[49], ""]
+  return lines + [lines[49]]
+
+
 def _drop_key(obj: dict) -> dict:
   obj.pop(str(len(obj) // 2), None)
   return obj
@@ -148,8 +155,7 @@ CASES: tuple[Case, ...] = (
     Case("item_too_large", "an item id of line 3 does not fit int32",
          _seq(lambda lines: _replace_token(lines, 3, 1, "99999999999999999999"))),
     Case("user_duplicated", "line 50 repeated at the end (the same user twice)",
-         _seq(lambda lines: lines[:-1] + [lines[49], ""] if not lines[-1] else
-              lines + [lines[49]])),
+         _seq(_repeat_line_50)),
     Case("crlf_line_endings", "sequences.txt with Windows line endings (must load)",
          lambda folder: _edit_text(os.path.join(folder, prepared.SEQUENCES),
                                    lambda t: t.replace("\n", "\r\n")), loads=True),

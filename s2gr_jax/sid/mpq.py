@@ -50,14 +50,6 @@ from s2gr_jax.sid.interface import QuantizedItems
 log = logging.getLogger(__name__)
 
 
-def _mlp(layers, x):
-  for i, layer in enumerate(layers):
-    x = layer(x)
-    if i < len(layers) - 1:
-      x = jax.nn.relu(x)
-  return x
-
-
 def _unit(x):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
 
@@ -92,14 +84,14 @@ class MPQModel(nnx.Module):
 
   def encode(self, x):
     """Expert outputs [M, B, latent]."""
-    return jnp.stack([_mlp(expert, x) for expert in self.experts])
+    return jnp.stack([rqvae.mlp(expert, x) for expert in self.experts])
 
   def route(self, x):
     """Router weights [B, M] (softmax over experts)."""
     return jax.nn.softmax(self.router(x), axis=-1)
 
   def decode(self, q):
-    return _mlp(self.decoder, q)
+    return rqvae.mlp(self.decoder, q)
 
   def quantize(self, e, gamma: float, eps: float):
     """Nearest code of each expert's own codebook (CoBa's balancing when γ > 0): codes
@@ -209,7 +201,7 @@ class MPQ:
     if n < self.codebook_size:
       raise ValueError(f"{n} items are fewer than tokenizer.codebook_size="
                        f"{self.codebook_size} codes per codebook")
-    x = ((x - x.mean(0)) / (x.std(0) + 1e-6)).astype(np.float32)
+    x = rqvae.standardize(x)
     batch = min(self.batch_size, n)
     if self.mesh is not None:
       batch -= batch % self.mesh.shape["data"]
@@ -222,19 +214,11 @@ class MPQ:
     if self.mesh is not None:
       state = jax.device_put(state, parallel.replicated(self.mesh))
     step_fn = self._make_step(graphdef)
-    rng = np.random.default_rng(self.seed)
-    order, pos = rng.permutation(n), 0
     history: dict[str, list] = {"step": [], "utilization": [], "perplexity": [],
                                 "collision_rate": [], "recon_mse": [], "loss": [],
                                 "orthogonality": [], "router_mean": []}
     t0, window = time.time(), []
-    for step in range(1, self.steps + 1):
-      if pos + batch > n:
-        order, pos = rng.permutation(n), 0
-      xb = x[order[pos:pos + batch]]
-      pos += batch
-      xb = (parallel.shard_batch({"x": xb}, self.mesh)["x"] if self.mesh is not None
-            else jnp.asarray(xb))
+    for step, xb in rqvae.minibatches(x, batch, self.steps, self.seed, self.mesh):
       restart = self.restart_every > 0 and step % self.restart_every == 0
       state, parts = step_fn(state, xb, jax.random.fold_in(key, step), jnp.asarray(restart))
       window.append(parts)

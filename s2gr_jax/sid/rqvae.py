@@ -43,6 +43,37 @@ class CodeUsage(nnx.Variable):
   """Running statistics of the codebooks; not trained by the optimizer."""
 
 
+def mlp(layers, x):
+  """Linear layers with ReLU between them (none after the last)."""
+  for i, layer in enumerate(layers):
+    x = layer(x)
+    if i < len(layers) - 1:
+      x = jax.nn.relu(x)
+  return x
+
+
+def standardize(x: np.ndarray) -> np.ndarray:
+  """Per-dimension zero mean, unit variance: the tokenizers' learning rates and k-means
+  seeding see unit-scale inputs."""
+  return ((x - x.mean(0)) / (x.std(0) + 1e-6)).astype(np.float32)
+
+
+def minibatches(x: np.ndarray, batch: int, steps: int, seed: int, mesh=None):
+  """Yields (step, batch of rows of ``x``) for steps 1..``steps``: a fresh permutation
+  each epoch (seeded), on the mesh's batch axes when there is one."""
+  from s2gr_jax import parallel  # pylint: disable=g-import-not-at-top
+  n = len(x)
+  rng = np.random.default_rng(seed)
+  order, pos = rng.permutation(n), 0
+  for step in range(1, steps + 1):
+    if pos + batch > n:
+      order, pos = rng.permutation(n), 0
+    xb = x[order[pos:pos + batch]]
+    pos += batch
+    yield step, (parallel.shard_batch({"x": xb}, mesh)["x"] if mesh is not None
+                 else jnp.asarray(xb))
+
+
 def balanced_distances(dist, usage, gamma: float, eps: float):
   """CoBa's load balancing: d'_j = d_j · clip((u_j/ū)^γ, 1-ε, 1+ε) for distances
   [..., K] to the codes of one codebook whose usage EMA is ``usage`` [K]; γ = 0 is off."""
@@ -86,19 +117,11 @@ class RQVAEModel(nnx.Module):
     self.usage = CodeUsage(jnp.full((levels, codebook_size), 1.0 / codebook_size))
     self.min_distance = CodeUsage(jnp.zeros((levels,)))  # δ_l of the uniformity hinge
 
-  @staticmethod
-  def _mlp(layers, x):
-    for i, layer in enumerate(layers):
-      x = layer(x)
-      if i < len(layers) - 1:
-        x = jax.nn.relu(x)
-    return x
-
   def encode(self, x):
-    return self._mlp(self.encoder, x)
+    return mlp(self.encoder, x)
 
   def decode(self, z):
-    return self._mlp(self.decoder, z)
+    return mlp(self.decoder, z)
 
   def quantize(self, z, gamma: float, eps: float):
     """Residual assignment; returns codes int32[B, L] and per-level residuals [L, B, D]."""
@@ -155,8 +178,7 @@ class RQVAE:
                          "histories); set tokenizer.coba.propagation_hops=0 to skip it")
       a_hat = graph_lib.normalized_adjacency(graph)
       x = graph_lib.propagate(x, a_hat, self.propagation_alpha, self.propagation_hops)
-    # Standardise: the RQ-VAE's learning rate and k-means seeding see unit-scale inputs.
-    return ((x - x.mean(0)) / (x.std(0) + 1e-6)).astype(np.float32)
+    return standardize(x)
 
   # --- one training step -------------------------------------------------------------
 
@@ -261,18 +283,10 @@ class RQVAE:
       state = jax.device_put(state, parallel.replicated(self.mesh))
     step_fn = self._make_step(graphdef, tx)
 
-    rng = np.random.default_rng(self.seed)
-    order, pos = rng.permutation(n), 0
     history: dict[str, list] = {"step": [], "utilization": [], "perplexity": [],
                                 "collision_rate": [], "recon_mse": [], "loss": []}
     t0, window = time.time(), []
-    for step in range(1, self.steps + 1):
-      if pos + batch > n:
-        order, pos = rng.permutation(n), 0
-      xb = x[order[pos:pos + batch]]
-      pos += batch
-      xb = (parallel.shard_batch({"x": xb}, self.mesh)["x"] if self.mesh is not None
-            else jnp.asarray(xb))
+    for step, xb in minibatches(x, batch, self.steps, self.seed, self.mesh):
       restart = self.restart_every > 0 and step % self.restart_every == 0
       state, parts = step_fn(state, xb, jax.random.fold_in(key, step), jnp.asarray(restart))
       window.append(parts)
