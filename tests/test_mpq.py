@@ -83,6 +83,31 @@ def test_orthogonality_weight_lowers_expert_correlation():
   assert on[mask].mean() < off[mask].mean()
 
 
+def test_assignment_information_on_hand_made_distances():
+  k, b = 4, 64
+  codes = np.arange(b) % k
+  dist = 10.0 * (1 - jax.nn.one_hot(codes, k))  # hard assignments to `codes`
+  same = jnp.stack([dist, dist])  # two experts, the same partition
+  # with a sharp softmax the information is log K for one partition, ~0 for two
+  # partitions that are independent (codes and codes // K of a 4 × 4 grid)
+  assert float(mpq.assignment_information(same, 0.01)) == pytest.approx(np.log(k), abs=1e-3)
+  other = 10.0 * (1 - jax.nn.one_hot((np.arange(b) // k) % k, k))
+  indep = jnp.stack([dist, other])
+  assert float(mpq.assignment_information(indep, 0.01)) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_independence_weight_lowers_collisions_and_concat_trains():
+  x = _data(seed=1)
+  stats = lambda q: diagnostics.code_stats(q.codes, 8)["collision_rate"]
+  off = stats(_small(independence_weight=0.0, steps=100).fit(x))
+  on = stats(_small(independence_weight=1.0, steps=100).fit(x))
+  assert on < off
+  q = _small(combine="concat", steps=100).fit(x)
+  assert q.history["recon_mse"][-1] < q.history["recon_mse"][0]
+  with pytest.raises(ValueError, match="combine"):
+    mpq.MPQModel(12, (16,), 4, 4, 8, rngs=nnx.Rngs(0), combine="product")
+
+
 def test_config_builds_mpq_and_checks_it():
   c = config_lib.base_config()
   c.tokenizer.kind = "mpq"
