@@ -60,3 +60,26 @@ def test_suite_runs_on_tiny_catalogues_and_reports_targets():
   md = catalogue.markdown(dict(result, device="cpu", date="now"))
   assert "| 2,000 | 256+256+256" in md
   assert "memory_1m_bytes" in md and "latency_ratio_1m_over_10k" in md
+
+
+def test_sets_suite_compares_the_compacted_and_plain_searches():
+  args = types.SimpleNamespace(
+      beam=4, history=3, repeats=1, catalogue_items=(300, 3_000), catalogue_batch=2,
+      model_overrides=dict(d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                           encoder_layers=1, decoder_layers=1))
+  result = catalogue.suite_sets(args)
+  rows = result["sets"]
+  assert [(r["items"], r["compact"]) for r in rows] == [
+      (300, True), (300, False), (3_000, True), (3_000, False)]
+  for r in rows:
+    assert r["valid_items"]
+    assert r["pair_width"] <= r["posting_width"]
+    assert r["memory_bytes"] == r["argument_bytes"] + r["output_bytes"] + r["temp_bytes"]
+  big = rows[2]
+  assert big["posting_width"] > 3_000 / 256  # about N / 256 items carry a token
+  t = result["targets"]
+  assert t["compact"] and [v["compact"] for v in t["variants"]] == [True, False]
+  np.testing.assert_allclose(t["latency_ratio_1m_over_10k"],
+                             rows[2]["decode_s_per_user"] / rows[0]["decode_s_per_user"])
+  md = catalogue.markdown_sets(dict(result, device="cpu", date="now"))
+  assert "| 3,000 | 256+256+256+256" in md and "compacted" in md and "plain" in md

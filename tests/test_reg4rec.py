@@ -69,6 +69,30 @@ def test_wide_beam_returns_every_item_once_scored_along_its_order(order):
     np.testing.assert_allclose(np.asarray(forced), scores[u], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("expand", ["best_codebook", "all_codebooks"])
+def test_compacted_search_equals_the_plain_one(expand):
+  # 400 items over 3 codebooks of 8: posting lists of ~50, pairs of ~6
+  table = unordered_table(num_items=400, codebook=8, m=3, seed=2)
+  index = sets.CodeSets.from_table(table)
+  plain = sets.CodeSets.from_table(table, compact=False)
+  codes = table.codes[:, :3]
+  counts = [np.unique(codes[:, r] * 8 + codes[:, s], return_counts=True)[1].max()
+            for r, s in ((0, 1), (0, 2), (1, 2))]
+  assert index.pair_width == max(counts) < index.posting.shape[1]
+  pairs = np.asarray(index.pairs)  # token a of codebook 0 and b of codebook 2 together
+  assert pairs[codes[0, 0], 16 + codes[0, 2]] and pairs[16 + codes[0, 2], codes[0, 0]]
+  assert not pairs[0, 1]  # two codes of one codebook never go together
+  model = tiny_reg4rec(table, seed=1, expand=expand, corp=False)
+  batch = factories.batch(table, batch_size=3)
+  for beam in (10, 60):
+    a = search(model, batch, index, beam)
+    b = search(model, batch, plain, beam)
+    np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b[1]), rtol=1e-5, atol=1e-5)
+    if expand == "best_codebook":  # (merged paths of the variant leave empty slots)
+      assert (np.asarray(a[0]) >= 1).all()
+
+
 def test_confidence_order_takes_the_most_probable_codebook_first():
   table = unordered_table()
   model = tiny_reg4rec(table, seed=3)

@@ -68,6 +68,7 @@ SUITES = {
     "models": (models.suite_models, models.markdown),
     "scaling": (scaling.suite_scaling, scaling.markdown),
     "catalogue": (catalogue.suite_catalogue, catalogue.markdown),
+    "sets": (catalogue.suite_sets, catalogue.markdown_sets),
     "peer": (peer.suite_peer, peer.markdown),
     "small": (small.suite_small, small.markdown),
 }

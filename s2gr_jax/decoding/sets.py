@@ -8,7 +8,10 @@ one catalogue item possible. ``CodeSets`` holds the catalogue as arrays:
 * ``posting`` int32[ΣD, P]: for each flat token (codebook offset + code), the items
   carrying it (0-based, -1 padding; P is the longest such list, so memory is
   O(ΣD · P) ≈ O(M · N) for balanced codebooks — linear in the catalogue);
-* ``used`` bool[ΣD]: tokens some item carries.
+* ``used`` bool[ΣD]: tokens some item carries;
+* ``pairs`` bool[ΣD, ΣD]: tokens that some item carries together (O((ΣD)²), independent
+  of the catalogue's size), and ``pair_width`` P₂, the most items that share any two
+  tokens (≈ N / D² + a few for balanced codebooks).
 
 A beam's path is the items still possible (``alive`` int32[B, K, P], the posting list
 of its first token filtered by every later one) and the codebooks it has emitted. At
@@ -25,6 +28,13 @@ each step ``crss_search``:
    adjacent steps share their tokens' category (``token_category``; unknown agrees with
    anything) in fewer than ``corp_min_consistency`` of the pairs is dropped, so its slot
    goes to another extension (unless every path of a user would be dropped).
+
+**Compaction** (``compact=True``, the default; ``False`` is the plain version, kept for
+tests and the catalogue benchmark): the second step reads its allowed tokens from
+``pairs`` instead of scanning the P alive items' codes, and after it the alive items
+(now at most P₂) are packed into P₂ slots, so steps 3.. cost O(P₂ · M) per beam instead
+of O(P · M). Only the second step's filter of the first token's posting list still
+grows with the catalogue (one gather of P codes per beam). Both give the same paths.
 
 Since the order is a function of the path so far, each item is reached by one path, so
 a beam as wide as the catalogue returns every item once, each scored by its
@@ -60,8 +70,11 @@ class CodeSets:
   used: jax.Array
   codebook_of: jax.Array  # int32[ΣD]: the codebook of each flat token
   token_category: jax.Array  # int32[ΣD]: each token's majority category (-1: unknown)
+  pairs: jax.Array  # bool[ΣD, ΣD]: tokens some item carries together
   sizes: tuple[int, ...] = struct.field(pytree_node=False)  # semantic codebook sizes
   dedup_size: int = struct.field(pytree_node=False)  # 0: no de-dup level
+  pair_width: int = struct.field(pytree_node=False, default=0)  # P₂ (see docstring)
+  compact: bool = struct.field(pytree_node=False, default=True)
 
   @property
   def offsets(self) -> tuple[int, ...]:
@@ -74,10 +87,12 @@ class CodeSets:
 
   @classmethod
   def from_table(cls, table, item_category: np.ndarray | None = None,
-                 token_category: np.ndarray | None = None) -> "CodeSets":
+                 token_category: np.ndarray | None = None,
+                 compact: bool = True) -> "CodeSets":
     """The index of ``table``; ``item_category`` int[N] (``sid.categories``) gives the
     tokens their categories for CORP, or ``token_category`` int[ΣD] gives them directly
-    (``sid/token_categories.json``); without either every token's is unknown."""
+    (``sid/token_categories.json``); without either every token's is unknown.
+    ``compact=False`` is the plain search (module docstring)."""
     from s2gr_jax.sid import categories  # pylint: disable=g-import-not-at-top
     m = table.semantic_levels
     sizes = tuple(int(s) for s in table.codebook_sizes[:m])
@@ -93,6 +108,14 @@ class CodeSets:
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     posting[tokens, np.arange(len(tokens)) - starts[tokens]] = items
     dedup = int(table.codebook_sizes[m]) if table.num_levels > m else 0
+    pairs = np.zeros((total, total), bool)
+    pair_width = 1
+    for r in range(m):
+      for s in range(r + 1, m):
+        pairs[flat[:, r], flat[:, s]] = pairs[flat[:, s], flat[:, r]] = True
+        pair_width = max(pair_width, int(np.unique(flat[:, r].astype(np.int64) * total
+                                                   + flat[:, s],
+                                                   return_counts=True)[1].max()))
     if token_category is not None:
       token_category = np.asarray(token_category, np.int32)
       if token_category.shape != (total,):
@@ -106,7 +129,9 @@ class CodeSets:
     return cls(codes=jnp.asarray(codes), posting=jnp.asarray(posting),
                used=jnp.asarray(counts > 0),
                codebook_of=jnp.asarray(np.repeat(np.arange(m), sizes), jnp.int32),
-               token_category=jnp.asarray(token_category), sizes=sizes, dedup_size=dedup)
+               token_category=jnp.asarray(token_category), pairs=jnp.asarray(pairs),
+               sizes=sizes, dedup_size=dedup, pair_width=min(pair_width, width),
+               compact=compact)
 
   def carried(self, alive: jax.Array, level: int | None = None) -> jax.Array:
     """bool[B, K, ΣD] (or [B, K, D_dedup] for ``level`` = M): tokens an alive item has."""
@@ -192,6 +217,9 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
     k_in = score.shape[1]
     if step == 0:
       allowed = jnp.broadcast_to(index.used, log_probs.shape)
+    elif step == 1 and index.compact:  # `tokens`: each beam's first token
+      allowed = index.pairs[tokens] & ~jnp.take_along_axis(
+          emitted, jnp.broadcast_to(index.codebook_of, log_probs.shape), axis=2)
     else:
       allowed = index.carried(alive) & ~jnp.take_along_axis(
           emitted, jnp.broadcast_to(index.codebook_of, log_probs.shape), axis=2)
@@ -233,6 +261,8 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
       code = tokens - offsets[codebook]
       has = index.codes[jnp.maximum(alive, 0), codebook[..., None]] == code[..., None]
       alive = jnp.where((alive >= 0) & has, alive, -1)
+      if step == 1 and index.compact and index.pair_width < alive.shape[-1]:
+        alive = jax.lax.top_k(alive, index.pair_width)[0]  # the ≤ P₂ alive ids first
     state = dict(state, per_beam=gather_beams(state["per_beam"], parent))
   if index.dedup_size:
     log_probs, state = model.decode_level(state, tokens, m)  # [B, K, D_dedup]
