@@ -82,6 +82,12 @@ def test_compacted_search_equals_the_plain_one(expand):
   pairs = np.asarray(index.pairs)  # token a of codebook 0 and b of codebook 2 together
   assert pairs[codes[0, 0], 16 + codes[0, 2]] and pairs[16 + codes[0, 2], codes[0, 0]]
   assert not pairs[0, 1]  # two codes of one codebook never go together
+  # the run of pair_items for two tokens is exactly the items that carry both
+  for item in (0, 7, 123):
+    run = np.asarray(index.pair_run(jnp.asarray(16 + codes[item, 2]),
+                                    jnp.asarray(codes[item, 0])))
+    both = np.flatnonzero((codes[:, 0] == codes[item, 0]) & (codes[:, 2] == codes[item, 2]))
+    assert sorted(run[run >= 0].tolist()) == both.tolist() and item in both
   model = tiny_reg4rec(table, seed=1, expand=expand, corp=False)
   batch = factories.batch(table, batch_size=3)
   for beam in (10, 60):

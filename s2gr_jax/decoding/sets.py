@@ -11,7 +11,10 @@ one catalogue item possible. ``CodeSets`` holds the catalogue as arrays:
 * ``used`` bool[ΣD]: tokens some item carries;
 * ``pairs`` bool[ΣD, ΣD]: tokens that some item carries together (O((ΣD)²), independent
   of the catalogue's size), and ``pair_width`` P₂, the most items that share any two
-  tokens (≈ N / D² + a few for balanced codebooks).
+  tokens (≈ N / D² + a few for balanced codebooks);
+* ``pair_items`` int32[C, N] and ``pair_start`` int32[C, D² + 1]: for each of the
+  C = M(M-1)/2 codebook pairs (r < s), the items sorted by (code_r, code_s) and where
+  each (a, b) run starts (memory O(M² · N), linear in the catalogue).
 
 A beam's path is the items still possible (``alive`` int32[B, K, P], the posting list
 of its first token filtered by every later one) and the codebooks it has emitted. At
@@ -30,11 +33,11 @@ each step ``crss_search``:
    goes to another extension (unless every path of a user would be dropped).
 
 **Compaction** (``compact=True``, the default; ``False`` is the plain version, kept for
-tests and the catalogue benchmark): the second step reads its allowed tokens from
-``pairs`` instead of scanning the P alive items' codes, and after it the alive items
-(now at most P₂) are packed into P₂ slots, so steps 3.. cost O(P₂ · M) per beam instead
-of O(P · M). Only the second step's filter of the first token's posting list still
-grows with the catalogue (one gather of P codes per beam). Both give the same paths.
+tests and the ``sets`` benchmark suite): the second step reads its allowed tokens from
+``pairs`` instead of scanning the P alive items' codes, and after it the items alive
+(at most P₂) are read as one run of ``pair_items``, so no step touches a posting list
+and every step costs O(P₂ · M) per beam instead of O(P · M): the search's work no longer
+grows with the catalogue, only the index's memory does. Both give the same paths.
 
 Since the order is a function of the path so far, each item is reached by one path, so
 a beam as wide as the catalogue returns every item once, each scored by its
@@ -71,6 +74,8 @@ class CodeSets:
   codebook_of: jax.Array  # int32[ΣD]: the codebook of each flat token
   token_category: jax.Array  # int32[ΣD]: each token's majority category (-1: unknown)
   pairs: jax.Array  # bool[ΣD, ΣD]: tokens some item carries together
+  pair_items: jax.Array  # int32[C, N]: items sorted by their codes in each codebook pair
+  pair_start: jax.Array  # int32[C, D_max² + 1]: where each pair of codes' run starts
   sizes: tuple[int, ...] = struct.field(pytree_node=False)  # semantic codebook sizes
   dedup_size: int = struct.field(pytree_node=False)  # 0: no de-dup level
   pair_width: int = struct.field(pytree_node=False, default=0)  # P₂ (see docstring)
@@ -109,13 +114,15 @@ class CodeSets:
     posting[tokens, np.arange(len(tokens)) - starts[tokens]] = items
     dedup = int(table.codebook_sizes[m]) if table.num_levels > m else 0
     pairs = np.zeros((total, total), bool)
-    pair_width = 1
-    for r in range(m):
-      for s in range(r + 1, m):
-        pairs[flat[:, r], flat[:, s]] = pairs[flat[:, s], flat[:, r]] = True
-        pair_width = max(pair_width, int(np.unique(flat[:, r].astype(np.int64) * total
-                                                   + flat[:, s],
-                                                   return_counts=True)[1].max()))
+    pair_width, dmax = 1, max(sizes)
+    pair_items = np.zeros((max(m * (m - 1) // 2, 1), len(codes)), np.int32)
+    pair_start = np.zeros((len(pair_items), dmax * dmax + 1), np.int32)
+    for p, (r, s) in enumerate(_codebook_pairs(m)):
+      pairs[flat[:, r], flat[:, s]] = pairs[flat[:, s], flat[:, r]] = True
+      key = codes[:, r].astype(np.int64) * dmax + codes[:, s]
+      pair_items[p] = np.argsort(key, kind="stable")
+      pair_start[p] = np.searchsorted(key[pair_items[p]], np.arange(dmax * dmax + 1))
+      pair_width = max(pair_width, int(np.diff(pair_start[p]).max()))
     if token_category is not None:
       token_category = np.asarray(token_category, np.int32)
       if token_category.shape != (total,):
@@ -130,8 +137,26 @@ class CodeSets:
                used=jnp.asarray(counts > 0),
                codebook_of=jnp.asarray(np.repeat(np.arange(m), sizes), jnp.int32),
                token_category=jnp.asarray(token_category), pairs=jnp.asarray(pairs),
+               pair_items=jnp.asarray(pair_items), pair_start=jnp.asarray(pair_start),
                sizes=sizes, dedup_size=dedup, pair_width=min(pair_width, width),
                compact=compact)
+
+  def pair_run(self, first: jax.Array, second: jax.Array) -> jax.Array:
+    """int32[..., P₂]: the items (0-based, -1 padding) that carry both flat tokens
+    ``first`` and ``second`` (of two different codebooks), from ``pair_items``."""
+    m, offsets = len(self.sizes), jnp.asarray(self.offsets, jnp.int32)
+    pair_id = np.zeros((m, m), np.int32)
+    for p, (r, s) in enumerate(_codebook_pairs(m)):
+      pair_id[r, s] = pair_id[s, r] = p
+    r, s = self.codebook_of[first], self.codebook_of[second]
+    lo, hi = jnp.where(r < s, first, second), jnp.where(r < s, second, first)
+    key = ((lo - offsets[self.codebook_of[lo]]) * max(self.sizes)
+           + hi - offsets[self.codebook_of[hi]])
+    p = jnp.asarray(pair_id)[r, s]
+    start, end = self.pair_start[p, key], self.pair_start[p, key + 1]
+    at = start[..., None] + jnp.arange(self.pair_width, dtype=jnp.int32)
+    items = self.pair_items[p[..., None], jnp.minimum(at, self.pair_items.shape[1] - 1)]
+    return jnp.where(at < end[..., None], items, -1)
 
   def carried(self, alive: jax.Array, level: int | None = None) -> jax.Array:
     """bool[B, K, ΣD] (or [B, K, D_dedup] for ``level`` = M): tokens an alive item has."""
@@ -152,6 +177,10 @@ class CodeSets:
   def item(self, alive: jax.Array) -> jax.Array:
     """The item id (1-based) of each finished path: its one alive item."""
     return alive.max(-1) + 1
+
+
+def _codebook_pairs(m: int):
+  return [(r, s) for r in range(m) for s in range(r + 1, m)]
 
 
 def consistency(cats: jax.Array) -> jax.Array:
@@ -197,7 +226,10 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
   width = max(index.sizes)
   state = model.start_decoding(batch, 1)
   score = jnp.zeros((b, 1))
-  alive = jnp.full((b, 1, index.posting.shape[1]), -1, jnp.int32)
+  compact = index.compact and m >= 2
+  alive = jnp.full((b, 1, index.pair_width if compact else index.posting.shape[1]), -1,
+                   jnp.int32)
+  first = None  # [B, K]: each beam's first token (the compacted search's second step)
   emitted = jnp.zeros((b, 1, m), bool)
   orders = jnp.zeros((b, 1, m), jnp.int32)
   cats = jnp.zeros((b, 1, m), jnp.int32)
@@ -217,7 +249,7 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
     k_in = score.shape[1]
     if step == 0:
       allowed = jnp.broadcast_to(index.used, log_probs.shape)
-    elif step == 1 and index.compact:  # `tokens`: each beam's first token
+    elif step == 1 and compact:  # `tokens`: each beam's first token
       allowed = index.pairs[tokens] & ~jnp.take_along_axis(
           emitted, jnp.broadcast_to(index.codebook_of, log_probs.shape), axis=2)
     else:
@@ -255,14 +287,16 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
       pruned_count = pruned.sum(1).astype(jnp.float32)
       score = jnp.where(pruned, -jnp.inf, score)
     emitted = emitted | jax.nn.one_hot(codebook, m, dtype=bool)
-    if step == 0:
+    if step == 0 and compact:
+      first = tokens
+    elif step == 0:
       alive = index.posting[tokens]
+    elif step == 1 and compact:  # the items of both tokens: one run of pair_items
+      alive = index.pair_run(jnp.take_along_axis(first, parent, axis=1), tokens)
     else:
       code = tokens - offsets[codebook]
       has = index.codes[jnp.maximum(alive, 0), codebook[..., None]] == code[..., None]
       alive = jnp.where((alive >= 0) & has, alive, -1)
-      if step == 1 and index.compact and index.pair_width < alive.shape[-1]:
-        alive = jax.lax.top_k(alive, index.pair_width)[0]  # the ≤ P₂ alive ids first
     state = dict(state, per_beam=gather_beams(state["per_beam"], parent))
   if index.dedup_size:
     log_probs, state = model.decode_level(state, tokens, m)  # [B, K, D_dedup]
