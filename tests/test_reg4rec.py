@@ -95,8 +95,7 @@ def test_compacted_search_equals_the_plain_one(expand):
     b = search(model, batch, plain, beam)
     np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
     np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b[1]), rtol=1e-5, atol=1e-5)
-    if expand == "best_codebook":  # (merged paths of the variant leave empty slots)
-      assert (np.asarray(a[0]) >= 1).all()
+    assert (np.asarray(a[0]) >= 1).all()
 
 
 def test_confidence_order_takes_the_most_probable_codebook_first():
@@ -210,15 +209,15 @@ def test_corp_prunes_exactly_the_inconsistent_paths(corp):
   assert float(sets.consistency(jnp.asarray([0, -1, 1]))) == pytest.approx(1.0)
 
 
-def test_merge_paths_on_a_hand_made_case():
-  items = jnp.asarray([[3, 5, 3, 0]])
+def test_merge_sets_on_a_hand_made_case():
+  # paths 0 and 2 hold the same set {c0: 1, c1: 3} (reached in two orders)
+  codes = jnp.asarray([[[1, 3, -1], [1, 2, -1], [1, 3, -1], [0, 3, -1]]])
   scores = jnp.asarray([[-1.0, -2.0, -1.5, -jnp.inf]])
-  got_items, got = sets.merge_paths(items, scores, "logsumexp")
-  assert np.asarray(got_items).tolist() == [[3, 5, 0, 0]]
-  np.testing.assert_allclose(np.asarray(got)[0, :2],
-                             [np.logaddexp(-1.0, -1.5), -2.0], rtol=1e-6)
-  got_items, got = sets.merge_paths(items, scores, "max")
-  np.testing.assert_allclose(np.asarray(got)[0, :2], [-1.0, -2.0])
+  got = np.asarray(sets.merge_sets(codes, scores, "logsumexp"))[0]
+  np.testing.assert_allclose(got[:2], [np.logaddexp(-1.0, -1.5), -2.0], rtol=1e-6)
+  assert np.isneginf(got[2:]).all()  # the duplicate and the dead path
+  got = np.asarray(sets.merge_sets(codes, scores, "max"))[0]
+  np.testing.assert_allclose(got[:2], [-1.0, -2.0])
 
 
 @pytest.mark.parametrize("merge", ["logsumexp", "max"])
@@ -229,7 +228,7 @@ def test_all_codebooks_variant_merges_orders_into_one_item(merge):
   items, scores, _ = search(model, batch, sets.CodeSets.from_table(table), 12)
   for row, score in zip(np.asarray(items), np.asarray(scores)):
     found = row[np.isfinite(score)]
-    assert len(found) == len(set(found.tolist())) >= 1  # no item twice
+    assert len(found) == len(set(found.tolist())) == 12  # every slot, no item twice
     assert found.min() >= 1 and found.max() <= table.num_items
     assert np.all(np.diff(score[np.isfinite(score)]) <= 1e-6)
 

@@ -44,9 +44,10 @@ a beam as wide as the catalogue returns every item once, each scored by its
 log-probability along the order the search took.
 
 ``model.cfg.expand='all_codebooks'`` is the variant that extends every beam by the
-allowed codes of *every* open codebook (the K best (codebook, code) pairs over all
-beams survive); then several orders can reach one item, and their paths are merged at
-the end (``model.cfg.merge``: ``logsumexp`` of their scores, or ``max``).
+allowed codes of *every* open codebook; then several orders can reach one token set, so
+at every step the 2K best extensions are merged by set (``model.cfg.merge``:
+``logsumexp`` of their scores, or ``max``; the merged path keeps the order of its best
+member) and the K best sets survive: a beam is a set of tokens, never two slots for one.
 """
 
 from __future__ import annotations
@@ -191,22 +192,19 @@ def consistency(cats: jax.Array) -> jax.Array:
   return agree.mean(-1)
 
 
-def merge_paths(items: jax.Array, scores: jax.Array, how: str):
-  """Beams [B, K] that reach the same item become one: its score is the log-sum-exp
-  (``how='logsumexp'``) or the max of theirs; the rest become empty (item 0, -inf);
-  re-sorted best first."""
-  same = (items[:, :, None] == items[:, None, :]) & (items[:, :, None] > 0)
+def merge_sets(codes: jax.Array, scores: jax.Array, how: str) -> jax.Array:
+  """Candidates [B, K] whose token sets ``codes`` [B, K, M] (the code of each codebook,
+  -1 where none yet) are equal are one path: the first of each group gets the
+  log-sum-exp (``how='logsumexp'``) or the max of the group's scores, the others -inf."""
+  valid = jnp.isfinite(scores)
+  same = ((codes[:, :, None, :] == codes[:, None, :, :]).all(-1)
+          & valid[:, :, None] & valid[:, None, :])
   masked = jnp.where(same, scores[:, None, :], -jnp.inf)
-  merged = (jax.nn.logsumexp(masked, axis=-1) if how == "logsumexp"
-            else masked.max(-1))
-  k = items.shape[1]
-  first = ~(same & (jnp.arange(k)[None, None, :] < jnp.arange(k)[None, :, None])).any(-1)
-  keep = first & (items > 0) & jnp.isfinite(scores)
-  merged = jnp.where(keep, merged, -jnp.inf)
-  order = jnp.argsort(-merged, axis=1)
-  merged = jnp.take_along_axis(merged, order, axis=1)
-  items = jnp.take_along_axis(jnp.where(keep, items, 0), order, axis=1)
-  return jnp.where(jnp.isfinite(merged), items, 0), merged
+  merged = jax.nn.logsumexp(masked, axis=-1) if how == "logsumexp" else masked.max(-1)
+  k = scores.shape[1]
+  earlier = jnp.arange(k)[None, None, :] < jnp.arange(k)[None, :, None]
+  first = ~(same & earlier).any(-1)
+  return jnp.where(first & valid, merged, -jnp.inf)
 
 
 def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool = False,
@@ -233,15 +231,16 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
   emitted = jnp.zeros((b, 1, m), bool)
   orders = jnp.zeros((b, 1, m), jnp.int32)
   cats = jnp.zeros((b, 1, m), jnp.int32)
+  picked = jnp.full((b, 1, m), -1, jnp.int32)  # each path's code per codebook so far
   tokens = None
 
-  def keep(cand, cand_tokens, k_in, w):
-    """The ``beam`` best of [B, k_in * w] candidates: scores, parents, slots."""
-    if k_in * w < beam:
-      pad = ((0, 0), (0, beam - k_in * w))
+  def keep(cand, cand_tokens, k_in, w, size=beam):
+    """The ``size`` best of [B, k_in * w] candidates: scores, parents, slots."""
+    if k_in * w < size:
+      pad = ((0, 0), (0, size - k_in * w))
       cand = jnp.pad(cand, pad, constant_values=-jnp.inf)
       cand_tokens = jnp.pad(cand_tokens, pad)
-    top_score, top = jax.lax.top_k(cand, beam)
+    top_score, top = jax.lax.top_k(cand, size)
     return top_score, jnp.minimum(top // w, k_in - 1), jnp.take_along_axis(cand_tokens, top, 1)
 
   for step in range(m):
@@ -260,8 +259,20 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
       w = masked.shape[-1]
       cand_tokens = jnp.broadcast_to(jnp.arange(w, dtype=jnp.int32), masked.shape)
       cand = (score[..., None] + masked).reshape(b, k_in * w)
-      score, parent, tokens = keep(cand, cand_tokens.reshape(b, -1), k_in, w)
-      alive, emitted, orders, cats = gather_beams((alive, emitted, orders, cats), parent)
+      # Two orders reach the same token set from step 2 on: the 2K best extensions are
+      # merged by set (`merge`), so the K kept are K different sets.
+      pool_score, pool_parent, pool_tokens = keep(cand, cand_tokens.reshape(b, -1), k_in,
+                                                  w, size=2 * beam)
+      cb = index.codebook_of[pool_tokens]
+      pool_sets = jnp.where(jax.nn.one_hot(cb, m, dtype=bool),
+                            (pool_tokens - offsets[cb])[..., None],
+                            jnp.take_along_axis(picked, pool_parent[..., None], axis=1))
+      merged = merge_sets(pool_sets, pool_score, getattr(cfg, "merge", "logsumexp"))
+      score, sel = jax.lax.top_k(merged, beam)
+      parent = jnp.take_along_axis(pool_parent, sel, axis=1)
+      tokens = jnp.take_along_axis(pool_tokens, sel, axis=1)
+      alive, emitted, orders, cats, picked = gather_beams(
+          (alive, emitted, orders, cats, picked), parent)
       codebook = index.codebook_of[tokens]
     else:
       if fixed:
@@ -276,7 +287,8 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
       cand = score[..., None] + jnp.take_along_axis(masked, cand_tokens, axis=-1)
       cand = jnp.where(in_book, cand, -jnp.inf).reshape(b, k_in * width)
       score, parent, tokens = keep(cand, cand_tokens.reshape(b, -1), k_in, width)
-      alive, emitted, orders, cats = gather_beams((alive, emitted, orders, cats), parent)
+      alive, emitted, orders, cats, picked = gather_beams(
+          (alive, emitted, orders, cats, picked), parent)
       codebook = jnp.take_along_axis(chosen, parent, axis=1)
     orders = orders.at[:, :, step].set(codebook)
     cats = cats.at[:, :, step].set(index.token_category[tokens])
@@ -287,6 +299,8 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
       pruned_count = pruned.sum(1).astype(jnp.float32)
       score = jnp.where(pruned, -jnp.inf, score)
     emitted = emitted | jax.nn.one_hot(codebook, m, dtype=bool)
+    picked = jnp.where(jax.nn.one_hot(codebook, m, dtype=bool),
+                       (tokens - offsets[codebook])[..., None], picked)
     if step == 0 and compact:
       first = tokens
     elif step == 0:
@@ -309,14 +323,6 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
     alive = jnp.where((alive >= 0) & (index.codes[jnp.maximum(alive, 0), m]
                                       == dedup[..., None]), alive, -1)
   items = jnp.where(jnp.isfinite(score), index.item(alive), 0)
-  if every_codebook and not fixed:  # several orders may reach one item: merge them
-    merge = getattr(cfg, "merge", "logsumexp")
-    # keep each merged item's order: the order of its best path
-    items_m, score_m = merge_paths(items, score, merge)
-    same = items[:, None, :] == items_m[:, :, None]  # [B, merged slot, beam]
-    best_of = jnp.argmax(jnp.where(same, score[:, None, :], -jnp.inf), axis=-1)
-    orders = jnp.take_along_axis(orders, best_of[..., None], axis=1)
-    items, score = items_m, score_m
   out = (items, score)
   if return_orders:
     out = out + (orders,)
