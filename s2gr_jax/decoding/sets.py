@@ -114,11 +114,17 @@ class CodeSets:
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     posting[tokens, np.arange(len(tokens)) - starts[tokens]] = items
     dedup = int(table.codebook_sizes[m]) if table.num_levels > m else 0
-    pairs = np.zeros((total, total), bool)
-    pair_width, dmax = 1, max(sizes)
-    pair_items = np.zeros((max(m * (m - 1) // 2, 1), len(codes)), np.int32)
-    pair_start = np.zeros((len(pair_items), dmax * dmax + 1), np.int32)
-    for p, (r, s) in enumerate(_codebook_pairs(m)):
+    dmax = max(sizes)
+    # The pair tables grow with D², not with N: past ~64M entries (e.g. codebooks of 4,096
+    # codes) the plain search is used instead.
+    compact = compact and m >= 2 and (m * (m - 1) // 2 * dmax * dmax + total * total
+                                      <= 64 * 2**20)
+    pairs = np.zeros((total, total) if compact else (1, 1), bool)
+    pair_width = 1
+    pairs_used = _codebook_pairs(m) if compact else []
+    pair_items = np.zeros((max(len(pairs_used), 1), len(codes) if compact else 1), np.int32)
+    pair_start = np.zeros((len(pair_items), dmax * dmax + 1 if compact else 1), np.int32)
+    for p, (r, s) in enumerate(pairs_used):
       pairs[flat[:, r], flat[:, s]] = pairs[flat[:, s], flat[:, r]] = True
       key = codes[:, r].astype(np.int64) * dmax + codes[:, s]
       pair_items[p] = np.argsort(key, kind="stable")
