@@ -230,11 +230,10 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
   width = max(index.sizes)
   state = model.start_decoding(batch, 1)
   score = jnp.zeros((b, 1))
-  compact = index.compact and m >= 2
+  compact = index.compact  # (from_table turns it off for M < 2)
   alive = jnp.full((b, 1, index.pair_width if compact else index.posting.shape[1]), -1,
                    jnp.int32)
   first = None  # [B, K]: each beam's first token (the compacted search's second step)
-  emitted = jnp.zeros((b, 1, m), bool)
   orders = jnp.zeros((b, 1, m), jnp.int32)
   cats = jnp.zeros((b, 1, m), jnp.int32)
   picked = jnp.full((b, 1, m), -1, jnp.int32)  # each path's code per codebook so far
@@ -254,12 +253,11 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
     k_in = score.shape[1]
     if step == 0:
       allowed = jnp.broadcast_to(index.used, log_probs.shape)
-    elif step == 1 and compact:  # `tokens`: each beam's first token
-      allowed = index.pairs[tokens] & ~jnp.take_along_axis(
-          emitted, jnp.broadcast_to(index.codebook_of, log_probs.shape), axis=2)
-    else:
-      allowed = index.carried(alive) & ~jnp.take_along_axis(
-          emitted, jnp.broadcast_to(index.codebook_of, log_probs.shape), axis=2)
+    else:  # tokens an alive item carries, in a codebook the path has not emitted
+      # (the compacted second step: the tokens that go with the beam's first, `tokens`)
+      carried = index.pairs[tokens] if step == 1 and compact else index.carried(alive)
+      allowed = carried & ~jnp.take_along_axis(
+          picked >= 0, jnp.broadcast_to(index.codebook_of, log_probs.shape), axis=2)
     masked = jnp.where(allowed, log_probs, -jnp.inf)
     if every_codebook and not fixed:  # the variant: pairs of every open codebook
       w = masked.shape[-1]
@@ -277,8 +275,8 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
       score, sel = jax.lax.top_k(merged, beam)
       parent = jnp.take_along_axis(pool_parent, sel, axis=1)
       tokens = jnp.take_along_axis(pool_tokens, sel, axis=1)
-      alive, emitted, orders, cats, picked = gather_beams(
-          (alive, emitted, orders, cats, picked), parent)
+      alive, orders, cats, picked = gather_beams((alive, orders, cats, picked),
+                                                 parent)
       codebook = index.codebook_of[tokens]
     else:
       if fixed:
@@ -293,8 +291,8 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
       cand = score[..., None] + jnp.take_along_axis(masked, cand_tokens, axis=-1)
       cand = jnp.where(in_book, cand, -jnp.inf).reshape(b, k_in * width)
       score, parent, tokens = keep(cand, cand_tokens.reshape(b, -1), k_in, width)
-      alive, emitted, orders, cats, picked = gather_beams(
-          (alive, emitted, orders, cats, picked), parent)
+      alive, orders, cats, picked = gather_beams((alive, orders, cats, picked),
+                                                 parent)
       codebook = jnp.take_along_axis(chosen, parent, axis=1)
     orders = orders.at[:, :, step].set(codebook)
     cats = cats.at[:, :, step].set(index.token_category[tokens])
@@ -304,7 +302,6 @@ def crss_search(model, batch, index: CodeSets, *, beam: int, return_orders: bool
       pruned = pruned & jnp.isfinite(score)
       pruned_count = pruned.sum(1).astype(jnp.float32)
       score = jnp.where(pruned, -jnp.inf, score)
-    emitted = emitted | jax.nn.one_hot(codebook, m, dtype=bool)
     picked = jnp.where(jax.nn.one_hot(codebook, m, dtype=bool),
                        (tokens - offsets[codebook])[..., None], picked)
     if step == 0 and compact:
