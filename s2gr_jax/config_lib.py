@@ -97,6 +97,21 @@ def base_config() -> ml_collections.ConfigDict:
       stop_at_step=-1, progress_bar=False,
       trainable=""))  # '' = every parameter; else a regex over parameter paths
 
+  # The GRPO stage (s2gr_jax/rl/, stage 'rl'): `enabled` appends 'rl,evaluate' to the
+  # stages, from this run's best checkpoint, or from `init_from` (another run's workdir:
+  # its SIDs and best checkpoint; this run then skips 'train'). `rewards`: 'auto' (PARS
+  # for REG4Rec, SIDReasoner's prefix reward for ordered SIDs) or 'name=weight,...' of
+  # s2gr_jax/rl/rewards.py; MSRA: `msra_items` targets (the next item and the ones
+  # after it in the training part), weights msra_decay^(k-1); msra_items=1 is MSRA off.
+  # The loop keys (num_steps, log_every, eval_every, checkpoint_every, patience,
+  # stop_at_step) mean what train.* mean; checkpoints go to WORKDIR/rl/.
+  c.rl = ml_collections.ConfigDict(dict(
+      enabled=False, init_from="", group_size=16, batch_size=64, num_steps=300,
+      lr=1e-5, warmup_steps=0, weight_decay=0.0, grad_clip=1.0, kl_coef=0.001,
+      clip_eps=0.2, updates_per_sample=2, temperature=1.0, rewards="auto",
+      msra_items=3, msra_decay=0.5, log_every=10, eval_every=100, checkpoint_every=100,
+      patience=0, stop_at_step=-1))
+
   c.eval = ml_collections.ConfigDict(dict(
       beam_size=20, batch_size=256, ks=(1, 5, 10, 20), val_users=0,
       select_metric="ndcg@10",
@@ -198,6 +213,19 @@ def _positive(config, *keys: str) -> None:
       raise ValueError(f"config.{key} must be positive, got {value!r}")
 
 
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with the shorthands filled in: ``rl.enabled`` with
+  ``rl.init_from`` sets ``init.from_workdir`` and ``tokenizer.from_workdir`` (where
+  unset) to that run, so the SFT row and the RL start are its best checkpoint on its
+  SIDs."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  rl = config.get("rl")
+  if rl is not None and rl.enabled and rl.init_from:
+    config.init.from_workdir = config.init.from_workdir or rl.init_from
+    config.tokenizer.from_workdir = config.tokenizer.from_workdir or rl.init_from
+  return config
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values and combinations; raises ValueError naming the key."""
   require_local_path("config.data.dir", config.data.dir)
@@ -206,7 +234,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       ("init.from_workdir", config.init.from_workdir)):
     if value:
       fileio.check_run_dir(f"config.{what}", value)
-  names = stages.parse(config.stages)
+  names = stages.plan(config)
   if "evaluate" in names and "train" not in names and not config.init.from_workdir:
     raise ValueError(f"config.stages={config.stages!r}: 'evaluate' needs a model: add "
                      "'train' before it or set config.init.from_workdir")
@@ -277,6 +305,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.tokenizer.coba.balance_eps and usage_decay must be in [0, 1)")
   if min(coba.uniformity_weight, coba.balance_gamma, coba.restart_every) < 0:
     raise ValueError("config.tokenizer.coba weights and periods must be >= 0")
+  rl = config.get("rl")  # (absent from the config.json of older runs)
+  if rl is not None and (rl.enabled or "rl" in names):
+    _positive(config, "rl.group_size", "rl.batch_size", "rl.num_steps", "rl.log_every",
+              "rl.eval_every", "rl.checkpoint_every", "rl.updates_per_sample",
+              "rl.temperature", "rl.msra_items")
+    if rl.group_size < 2:
+      raise ValueError(f"config.rl.group_size={rl.group_size}: group-normalised "
+                       "advantages need at least 2 paths per user")
+    if min(rl.lr, rl.kl_coef, rl.clip_eps, rl.weight_decay, rl.warmup_steps) < 0:
+      raise ValueError("config.rl.lr, kl_coef, clip_eps, weight_decay and warmup_steps "
+                       "must be >= 0")
+    if not 0 < rl.msra_decay <= 1:
+      raise ValueError(f"config.rl.msra_decay={rl.msra_decay} must be in (0, 1]")
+    if rl.init_from:
+      fileio.check_run_dir("config.rl.init_from", rl.init_from)
+    if models.get(config.model.name).search not in ("prefix", "sets"):
+      raise ValueError(f"config.rl: model {config.model.name!r} scores items directly; "
+                       "GRPO samples the paths of a generator over Semantic IDs (tiger, "
+                       "s2gr, reg4rec)")
+    from s2gr_jax.rl import rewards  # pylint: disable=g-import-not-at-top
+    rewards.parse_weights(rl.rewards, "sets")
   if config.tokenizer.embedding == "npy" and not config.tokenizer.embedding_path:
     raise ValueError("config.tokenizer.embedding='npy' needs "
                      "config.tokenizer.embedding_path")

@@ -58,6 +58,7 @@ def _environment() -> dict:
 def run(config, workdir: str) -> dict:
   """Runs the stages of ``config`` in ``workdir``; returns the results dict ({} when a
   stage stopped early on request or no stage evaluates)."""
+  config = config_lib.resolve(config)
   config_lib.validate(config)
   plan = stages_lib.from_config(config)
   fileio.check_run_dir("workdir", workdir)

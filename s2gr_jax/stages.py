@@ -482,7 +482,117 @@ class Evaluate:
 
 # --- the list -----------------------------------------------------------------------------
 
-STAGES: dict[str, type] = {"tokenize": Tokenize, "train": Train, "evaluate": Evaluate}
+# --- rl -----------------------------------------------------------------------------------
+
+def rl_loop_config(config):
+  """A copy of ``config`` whose ``train.*`` loop keys are ``rl.*``'s: what
+  ``train.train_loop`` reads when it runs the GRPO step."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  out = ml_collections.ConfigDict(config.to_dict())
+  rl = config.rl
+  out.train.update(batch_size=rl.batch_size, num_steps=rl.num_steps,
+                   log_every=rl.log_every, eval_every=rl.eval_every,
+                   checkpoint_every=rl.checkpoint_every, patience=rl.patience,
+                   stop_at_step=rl.stop_at_step)
+  return out
+
+
+class Reinforce:
+  """GRPO (``rl.*``, ``s2gr_jax/rl/``) from the supervised model: this run's best
+  checkpoint, or ``init.from_workdir``'s (``rl.init_from``). Its own checkpoints,
+  metrics and TensorBoard go to ``WORKDIR/rl/`` (the SFT checkpoint is never touched);
+  resumable like ``train``; the next ``evaluate`` adds its row, keys ``rl/...``."""
+
+  name = "rl"
+
+  def run(self, ctx: RunContext) -> None:
+    from s2gr_jax import metric_writer  # pylint: disable=g-import-not-at-top
+    from s2gr_jax.rl import grpo  # pylint: disable=g-import-not-at-top
+    from s2gr_jax.rl import rewards as rewards_lib  # pylint: disable=g-import-not-at-top
+    config, mesh, rl = ctx.config, ctx.mesh, ctx.config.rl
+    search = ctx.entry.search
+    if search not in ("prefix", "sets"):
+      raise ValueError(f"stage 'rl': model {config.model.name!r} scores items directly; "
+                       "GRPO samples the paths of a generator over Semantic IDs")
+    table = ctx.need_table("rl")
+    if ctx.trained is None:
+      if not config.init.from_workdir:
+        raise ValueError("stage 'rl' has no supervised model: put 'train' before it, or "
+                         "set rl.init_from (or init.from_workdir) to a trained run")
+      sft_state, _ = load_initial_model(ctx, ctx.model_parts[2][0])
+      sft_label = config.model.name
+    else:
+      sft_state, sft_label = ctx.trained.state, ctx.trained.label
+    settings = grpo.GrpoSettings.from_config(rl, search)
+    loop_config = rl_loop_config(config)
+    wrt = train_lib.trainable(config.train.trainable)
+    make_model = models.build(config.model, table, user_buckets=config.data.user_buckets,
+                              max_history=config.data.max_history)
+    graphdef, model_graphdef, state = train_lib.create_state(
+        make_model, grpo.make_optimizer(rl), config.seed, mesh,
+        parallel.rules_from_config(config.mesh), wrt=wrt)
+    copy = lambda tree: jax.tree.map(lambda x: x.copy(), tree)
+    ref_state = copy(sft_state)  # frozen: the KL anchor
+    rl_dir = fileio.join(ctx.workdir, "rl")
+    rl_ckpts = ckpt_lib.Checkpoints(rl_dir, config.checkpoint.max_to_keep)
+    writer = metric_writer.MetricWriter(rl_dir)
+    try:
+      if rl_ckpts.latest_step() is None:
+        state[0] = copy(sft_state)
+      bs = parallel.check_batch_size(rl.batch_size, mesh, "rl.batch_size")
+      train_ds = ctx.pipelines.train_dataset(bs, seed=config.seed + 7919,
+                                             num_threads=config.data.num_threads,
+                                             future=rl.msra_items - 1)
+      val_users = None
+      if 0 < config.eval.val_users < ctx.dataset.num_users:
+        val_users = np.random.default_rng(config.seed).choice(
+            ctx.dataset.num_users, config.eval.val_users, replace=False)
+      val_batches = ctx.pipelines.eval_batches("val", ctx.eval_batch_size, val_users)
+      extras = {}
+      item_category = categories_lib.item_categories(
+          ctx.dataset.item_text, ctx.dataset.item_attributes, ctx.dataset.num_items)[0]
+      if search == "sets":
+        extras["item_category"] = item_category
+      replicated = parallel.replicated(mesh)
+      if search == "sets":  # the sampler tracks alive items by posting lists
+        extras["compact"] = False
+      index = jax.device_put(decoding.make_index(table, search, **extras), replicated)
+      tables = jax.device_put(rewards_lib.RewardTables.from_table(table, item_category),
+                              replicated)
+      log.info("GRPO: %d paths per user, rewards %s, MSRA over %d items, KL %g, "
+               "%d updates per sample, lr %g, %d steps of %d users",
+               settings.group, dict(settings.weights), rl.msra_items, settings.kl_coef,
+               settings.updates_per_sample, rl.lr, rl.num_steps, rl.batch_size)
+      rl_step = grpo.make_rl_step(graphdef, model_graphdef, settings, wrt)
+      loop = train_lib.train_loop(
+          loop_config, train_step=rl_step, state=state, mesh=mesh, train_ds=train_ds,
+          validate=lambda ms: ctx.ranker(ms, val_batches), ckpts=rl_ckpts, writer=writer,
+          examples_per_step=rl.batch_size, step_args=(ref_state, index, tables))
+      if not loop.finished:
+        log.info("GRPO stopped at step %d before rl.num_steps=%d; rerun the same command "
+                 "to continue.", loop.step, rl.num_steps)
+        ctx.stopped = True
+        return
+      model_state = loop.state[0]
+      if rl_ckpts.has_best():
+        model_state, _ = rl_ckpts.restore_best(model_state)
+    finally:
+      writer.close()
+      rl_ckpts.close()
+    ctx.trained = Trained(
+        state=model_state, label=f"{sft_label} + GRPO", prefix="rl/",
+        info={"train/steps": loop.step, "train/best_step": loop.best_step,
+              "train/wall_s": loop.wall_s, "train/compile_s": loop.compile_s,
+              "train/eval_s": loop.eval_s,
+              "train/step_s": loop.wall_s - loop.compile_s - loop.eval_s,
+              "train/stopped_early": loop.stopped_early,
+              "train/paths_per_user": settings.group,
+              "train/rewards": ",".join(f"{k}={v:g}" for k, v in settings.weights),
+              "train/msra_items": rl.msra_items})
+
+
+STAGES: dict[str, type] = {"tokenize": Tokenize, "train": Train, "evaluate": Evaluate,
+                           "rl": Reinforce}
 
 
 def parse(spec: str) -> list[str]:
@@ -500,5 +610,19 @@ def parse(spec: str) -> list[str]:
   return names
 
 
+def plan(config) -> list[str]:
+  """The stages a run takes: ``config.stages``, and with ``rl.enabled`` the GRPO stage
+  and its evaluation after them (without 'train' when ``rl.init_from`` names the
+  supervised run)."""
+  names = parse(config.stages)
+  rl = config.get("rl")
+  if rl is not None and rl.enabled:
+    if rl.init_from:
+      names = [n for n in names if n != "train"]
+    if "rl" not in names:
+      names += ["rl", "evaluate"]
+  return names
+
+
 def from_config(config) -> list[Stage]:
-  return [STAGES[name]() for name in parse(config.stages)]
+  return [STAGES[name]() for name in plan(config)]

@@ -200,3 +200,15 @@ def test_small_suite_reports_a_failed_run_with_its_stderr(tmp_path):
                       str(tmp_path / "cache"), timeout=120)
   assert not one["ok"] and one["returncode"] != 0
   assert "no_such_flag" in one["stderr_tail"]
+
+
+def test_rl_suite_times_the_grpo_step_against_the_sft_step(tmp_path):
+  out = tmp_path / "rl.json"
+  cli.main(["--suite", "rl", "--out", str(out), "--items", "200", "--batch", "4",
+            "--history", "3", "--group", "4", "--updates", "1", "--repeats", "1"])
+  result = json.loads(out.read_text())
+  assert set(result["models"]) == {"tiger", "s2gr", "reg4rec"}
+  for m in result["models"].values():
+    assert m["rl_step_s"] > 0 and m["sft_step_s"] > 0
+    assert m["rl_over_sft_per_user"] == pytest.approx(m["rl_step_s"] / m["sft_step_s"])
+  assert "GRPO / SFT per user" in (tmp_path / "rl.md").read_text()

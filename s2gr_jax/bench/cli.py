@@ -60,6 +60,7 @@ from s2gr_jax.bench import catalogue
 from s2gr_jax.bench import common
 from s2gr_jax.bench import models
 from s2gr_jax.bench import peer
+from s2gr_jax.bench import rl
 from s2gr_jax.bench import scaling
 from s2gr_jax.bench import small
 
@@ -70,6 +71,7 @@ SUITES = {
     "catalogue": (catalogue.suite_catalogue, catalogue.markdown),
     "sets": (catalogue.suite_sets, catalogue.markdown_sets),
     "peer": (peer.suite_peer, peer.markdown),
+    "rl": (rl.suite_rl, rl.markdown),
     "small": (small.suite_small, small.markdown),
 }
 
@@ -100,6 +102,9 @@ def main(argv=None) -> None:
   p.add_argument("--peak-flops", type=float, default=0.0,
                  help="models/scaling: peak FLOP/s of one device for MFU (default: the "
                  "data-sheet dense bf16 peak of known GPUs/TPUs; none on CPU)")
+  g = p.add_argument_group("rl (the GRPO step against the supervised step)")
+  g.add_argument("--group", type=int, default=16, help="sampled paths per user")
+  g.add_argument("--updates", type=int, default=2, help="updates per sample")
   g = p.add_argument_group("peer (cornac TIGER in a subprocess)")
   g.add_argument("--peer-python", default=sys.executable,
                  help="interpreter with torch + cornac (e.g. .venv-peer/bin/python); "

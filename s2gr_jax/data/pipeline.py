@@ -98,12 +98,20 @@ class MakeBatch(grain.transforms.Map):
   """
 
   def __init__(self, sequences: np.ndarray, codes: np.ndarray, user_buckets: np.ndarray,
-               max_history: int, pad_to: int):
+               max_history: int, pad_to: int, future: int = 0,
+               lengths: np.ndarray | None = None):
     self._sequences = sequences  # int32[num_users, max_length], 0 after each user's end
     self._codes = codes
     self._user_buckets = user_buckets
     self._max_history = max_history
     self._pad_to = pad_to
+    # ``future`` > 0 (the RL stage's MSRA): also ``future_items`` int32[B, future], the
+    # items after the target that are still in the user's training part (positions
+    # before ``lengths - 2``, the validation target), 0 beyond it.
+    self._future = future
+    self._lengths = lengths
+    if future and lengths is None:
+      raise ValueError("future items need the users' sequence lengths")
 
   def map(self, element) -> Batch:
     rows = np.asarray(element).reshape(-1, 2)
@@ -115,7 +123,14 @@ class MakeBatch(grain.transforms.Map):
     history = np.where(keep, self._sequences[users[:, None], np.minimum(cols, width - 1)],
                        0).astype(np.int32)
     target = self._sequences[users, pos].astype(np.int32)
-    return {
+    extra = {}
+    if self._future:
+      at = pos[:, None] + 1 + np.arange(self._future)[None]
+      train_end = self._lengths[users][:, None] - 2  # the validation target's position
+      extra["future_items"] = np.where(
+          at < train_end, self._sequences[users[:, None], np.minimum(at, width - 1)],
+          0).astype(np.int32)
+    return extra | {
         "history_items": history,
         "history_codes": self._codes[history],
         "history_mask": history > 0,
@@ -181,8 +196,10 @@ class Pipelines:
     return groups
 
   def train_dataset(self, batch_size: int, seed: int,
-                    num_threads: int = 2, prefetch: int = 4) -> grain.IterDataset:
-    """An infinite, shuffled stream of training batches of this host's shard.
+                    num_threads: int = 2, prefetch: int = 4,
+                    future: int = 0) -> grain.IterDataset:
+    """An infinite, shuffled stream of training batches of this host's shard
+    (``future`` > 0: with ``future_items``, ``MakeBatch``).
 
     ``batch_size`` is the per-host batch. Each bucket is shuffled with its own seed
     derived from ``seed`` (reshuffled every epoch) and batched without remainder;
@@ -196,9 +213,10 @@ class Pipelines:
         raise ValueError(f"only {len(members)} training examples on this host, fewer "
                          f"than one batch of {batch_size}; lower train.batch_size")
       ds = grain.MapDataset.source(members).seed(seed * 1000 + b).shuffle()
-      if self.vectorized:  # the same batches, in the same order
+      if self.vectorized or future:  # the same batches, in the same order
         ds = ds.batch(batch_size, drop_remainder=True).map(MakeBatch(
-            self.padded, self.codes, self.user_buckets, self.max_history, length))
+            self.padded, self.codes, self.user_buckets, self.max_history, length,
+            future=future, lengths=self.split.lengths))
       else:
         ds = ds.map(MakeExample(self.source, self.codes, self.user_buckets,
                                 self.max_history, length)).batch(batch_size,

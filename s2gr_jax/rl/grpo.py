@@ -1,0 +1,284 @@
+"""GRPO for every generator: sample G catalogue paths per user, reward, update.
+
+One step (``make_rl_step``), all inside ``jit`` and sharded over the mesh like the
+supervised step:
+
+1. **Sample** (``sample_paths``) G paths per user from the current policy under the
+   generator's catalogue constraint, so every sampled path is a catalogue item:
+   * ordered SIDs (``PrefixTrie``: TIGER, S²GR): at each level a categorical draw over
+     the trie children of the path (the model's log-probabilities / temperature,
+     renormalised over the allowed codes);
+   * unordered codebooks (``CodeSets``: REG4Rec): each path continues in its most
+     confident open codebook, as CRSS does (``decoding/sets.py``; ``order='fixed'``:
+     codebook ``step``), and the code is drawn among that codebook's codes that some
+     still-possible item carries; then the de-duplication token among the alive items'.
+     The codebook choice is a deterministic function of the path, so the policy's
+     probability of a path is the product of its code draws. CORP does not prune
+     rollouts.
+   Every step records its candidate tokens, which are allowed, and the slot drawn.
+2. **Score** (``step_log_probs``): the same decoder steps replayed on the recorded
+   tokens (differentiable), each step's log-probability renormalised over the recorded
+   allowed candidates: exactly the sampling distribution, so with a zero learning rate
+   the ratio to the sampling policy is 1 and nothing moves.
+3. **Rewards** (``rewards.combine``) and group-normalised advantages
+   ``(r - mean_G) / (std_G + eps)`` (sum zero per user).
+4. **Update**, ``updates_per_sample`` times on the same samples: the clipped surrogate
+   per step, min(ρ A, clip(ρ, 1 ± ε) A), minus ``kl_coef`` × the k3 estimator
+   exp(q - p) - (q - p) - 1 of KL(π ‖ π_SFT) per step (q: the frozen SFT policy's
+   log-probability), averaged over steps, paths and users (weight-0 rows excluded).
+
+Logged per step: the mean reward and each part, the hit rate (sampled item = target),
+KL, clip fraction (of the last update), entropy of the sampling distribution per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from flax import nnx
+from flax import struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from s2gr_jax.data import batches
+from s2gr_jax.rl import rewards as rewards_lib
+
+
+@struct.dataclass
+class Rollout:
+  """G sampled paths per user and what scoring them needs.
+
+  Attributes:
+    slots: per step, int32[B, G]: the candidate drawn.
+    cands: per step, int32[B, G, W_step]: the candidate tokens (indices into the
+      model's log-probabilities at that step).
+    valid: per step, bool[B, G, W_step]: which candidates were allowed.
+    paths: the sampled items and their orders (``rewards.Paths``).
+  """
+
+  slots: tuple[jax.Array, ...]
+  cands: tuple[jax.Array, ...]
+  valid: tuple[jax.Array, ...]
+  paths: rewards_lib.Paths
+
+  def tokens(self, step: int) -> jax.Array:
+    return jnp.take_along_axis(self.cands[step], self.slots[step][..., None], -1)[..., 0]
+
+
+def _draw(key, log_probs, cand, valid, temperature):
+  logits = jnp.where(valid, jnp.take_along_axis(log_probs, cand, -1) / temperature,
+                     -jnp.inf)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def sample_paths(model, batch, index, *, group: int, key: jax.Array,
+                 temperature: float = 1.0) -> Rollout:
+  """``group`` paths per user from ``model`` under ``index`` (``decoding.make_index``)."""
+  if index.kind == "prefix":
+    return _sample_prefix(model, batch, index, group, key, temperature)
+  if index.kind == "sets":
+    return _sample_sets(model, batch, index, group, key, temperature)
+  raise ValueError(f"GRPO samples paths of generators; a {index.kind!r} index (a model "
+                   "that scores items directly) has no paths to sample")
+
+
+def _sample_prefix(model, batch, index, group, key, temperature) -> Rollout:
+  b = batches.batch_size(batch)
+  state = model.start_decoding(batch, group)
+  node = jnp.broadcast_to(index.root(b), (b, group))
+  parent = jnp.broadcast_to(jnp.arange(group, dtype=jnp.int32), (b, group))
+  slots, cands, valids, tokens = [], [], [], None
+  for step in range(len(index.widths)):
+    log_probs, state = model.decode_level(state, tokens, step)
+    cand, valid = index.allowed(node, step)
+    slot = _draw(jax.random.fold_in(key, step), log_probs, cand, valid, temperature)
+    node = index.advance(node, step, parent, slot)
+    tokens = jnp.take_along_axis(cand, slot[..., None], -1)[..., 0]
+    slots.append(slot), cands.append(cand), valids.append(valid)
+  levels = len(index.widths)  # ordered: step l emits level l
+  order = jnp.broadcast_to(jnp.arange(levels, dtype=jnp.int32), (b, group, levels))
+  return Rollout(tuple(slots), tuple(cands), tuple(valids),
+                 rewards_lib.Paths(item=index.item(node), order=order))
+
+
+def _sample_sets(model, batch, index, group, key, temperature) -> Rollout:
+  b = batches.batch_size(batch)
+  m = len(index.sizes)
+  fixed = getattr(model.cfg, "order", "confidence") == "fixed"
+  offsets = jnp.asarray(index.offsets, jnp.int32)
+  sizes = jnp.asarray(index.sizes, jnp.int32)
+  width = max(index.sizes)
+  state = model.start_decoding(batch, group)
+  alive = jnp.full((b, group, index.posting.shape[1]), -1, jnp.int32)
+  picked = jnp.zeros((b, group, m), bool)
+  order = jnp.zeros((b, group, m), jnp.int32)
+  slots, cands, valids, tokens = [], [], [], None
+  for step in range(m):
+    log_probs, state = model.decode_level(state, tokens, step)  # [B, G, ΣD]
+    if step == 0:
+      allowed = jnp.broadcast_to(index.used, log_probs.shape)
+    else:
+      allowed = index.carried(alive) & ~jnp.take_along_axis(
+          picked, jnp.broadcast_to(index.codebook_of, log_probs.shape), axis=2)
+    if fixed:
+      chosen = jnp.full((b, group), step, jnp.int32)
+    else:
+      masked = jnp.where(allowed, log_probs, -jnp.inf)
+      best = jnp.stack([masked[..., o:o + s].max(-1) for o, s in
+                        zip(index.offsets, index.sizes)], axis=-1)
+      chosen = best.argmax(-1).astype(jnp.int32)
+    slot_ids = jnp.arange(width)
+    in_book = slot_ids < sizes[chosen][..., None]
+    cand = offsets[chosen][..., None] + jnp.where(in_book, slot_ids, 0)
+    valid = in_book & jnp.take_along_axis(allowed, cand, -1)
+    slot = _draw(jax.random.fold_in(key, step), log_probs, cand, valid, temperature)
+    tokens = jnp.take_along_axis(cand, slot[..., None], -1)[..., 0]
+    order = order.at[:, :, step].set(chosen)
+    picked = picked | jax.nn.one_hot(chosen, m, dtype=bool)
+    if step == 0:
+      alive = index.posting[tokens]
+    else:
+      has = index.codes[jnp.maximum(alive, 0), chosen[..., None]] == (
+          tokens - offsets[chosen])[..., None]
+      alive = jnp.where((alive >= 0) & has, alive, -1)
+    slots.append(slot), cands.append(cand), valids.append(valid)
+  if index.dedup_size:
+    log_probs, state = model.decode_level(state, tokens, m)
+    cand = jnp.broadcast_to(jnp.arange(index.dedup_size, dtype=jnp.int32),
+                            (b, group, index.dedup_size))
+    valid = index.carried(alive, m)
+    slot = _draw(jax.random.fold_in(key, m), log_probs, cand, valid, temperature)
+    alive = jnp.where((alive >= 0) & (index.codes[jnp.maximum(alive, 0), m]
+                                      == slot[..., None]), alive, -1)
+    slots.append(slot), cands.append(cand), valids.append(valid)
+  return Rollout(tuple(slots), tuple(cands), tuple(valids),
+                 rewards_lib.Paths(item=index.item(alive), order=order))
+
+
+def step_log_probs(model, batch, rollout: Rollout, temperature: float = 1.0):
+  """Per step, the policy's log-probability of the recorded draw, float32[B, G, S],
+  and the entropy of each step's (allowed) distribution, float32[B, G, S]."""
+  group = rollout.slots[0].shape[1]
+  state = model.start_decoding(batch, group)
+  tokens, chosen, entropy = None, [], []
+  for step in range(len(rollout.slots)):
+    log_probs, state = model.decode_level(state, tokens, step)
+    valid = rollout.valid[step]
+    logits = jnp.where(valid, jnp.take_along_axis(log_probs, rollout.cands[step], -1)
+                       / temperature, -jnp.inf)
+    lp = jax.nn.log_softmax(logits, axis=-1)
+    chosen.append(jnp.take_along_axis(lp, rollout.slots[step][..., None], -1)[..., 0])
+    entropy.append(-jnp.where(valid, jnp.exp(lp) * lp, 0.0).sum(-1))
+    tokens = rollout.tokens(step)
+  return jnp.stack(chosen, -1), jnp.stack(entropy, -1)
+
+
+def group_advantages(rewards: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """(r - mean) / (std + eps) within each user's group of G, float32[B, G]."""
+  mean = rewards.mean(-1, keepdims=True)
+  std = rewards.std(-1, keepdims=True)
+  return (rewards - mean) / (std + eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpoSettings:
+  """The static settings of the step (from ``config.rl``)."""
+
+  group: int = 16
+  kl_coef: float = 0.001
+  clip_eps: float = 0.2
+  updates_per_sample: int = 2
+  temperature: float = 1.0
+  weights: tuple[tuple[str, float], ...] = (("prefix", 1.0),)
+  msra_decay: float = 0.5
+
+  @classmethod
+  def from_config(cls, rl, search: str) -> "GrpoSettings":
+    weights = rewards_lib.parse_weights(rl.rewards, search)
+    return cls(group=rl.group_size, kl_coef=rl.kl_coef, clip_eps=rl.clip_eps,
+               updates_per_sample=rl.updates_per_sample, temperature=rl.temperature,
+               weights=tuple(weights.items()), msra_decay=rl.msra_decay)
+
+
+def make_optimizer(rl) -> optax.GradientTransformation:
+  """AdamW at ``rl.lr`` after ``rl.warmup_steps`` of linear warm-up, then constant."""
+  if rl.warmup_steps > 0:
+    schedule = optax.linear_schedule(0.0, rl.lr, rl.warmup_steps)
+  else:
+    schedule = optax.constant_schedule(rl.lr)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  return optax.chain(optax.clip_by_global_norm(rl.grad_clip),
+                     optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=rl.weight_decay,
+                                 mask=decay_mask))
+
+
+def targets_of(batch) -> jax.Array:
+  """int32[B, N]: the example's target, then its MSRA future items (if the batch has
+  them, ``future_items``: the next training items, 0 where none)."""
+  target = batch["target_item"][:, None]
+  if "future_items" in batch:
+    return jnp.concatenate([target, batch["future_items"]], axis=1)
+  return target
+
+
+def make_rl_step(graphdef, model_graphdef, settings: GrpoSettings, wrt=nnx.Param):
+  """The GRPO step: (state, batch, base_key, ref_state, index, tables) → (state,
+  metrics); state (model + optimizer, ``train.create_state``) is donated, ``ref_state``
+  is the frozen SFT model's state."""
+  s = settings
+  weights = dict(s.weights)
+
+  def rl_step(state, batch, base_key, ref_state, index, tables):
+    model, opt = nnx.merge(graphdef, state)
+    key = jax.random.fold_in(base_key, opt.step[...])
+    rollout = jax.lax.stop_gradient(
+        sample_paths(model, batch, index, group=s.group, key=key,
+                     temperature=s.temperature))
+    total, parts = rewards_lib.combine(rollout.paths, targets_of(batch), tables, weights,
+                                       s.msra_decay)
+    adv = group_advantages(total)[..., None]  # [B, G, 1]
+    old = jax.lax.stop_gradient(step_log_probs(model, batch, rollout, s.temperature)[0])
+    ref_model = nnx.merge(model_graphdef, ref_state)
+    ref = jax.lax.stop_gradient(step_log_probs(ref_model, batch, rollout,
+                                               s.temperature)[0])
+    w = batch["weight"]
+    mask = jnp.broadcast_to(w[:, None, None], old.shape)
+    denom = jnp.maximum(mask.sum(), 1.0)
+    mean = lambda x: (x * mask).sum() / denom
+
+    def loss_fn(m):
+      new, entropy = step_log_probs(m, batch, rollout, s.temperature)
+      ratio = jnp.exp(new - old)
+      surrogate = jnp.minimum(ratio * adv,
+                              jnp.clip(ratio, 1 - s.clip_eps, 1 + s.clip_eps) * adv)
+      d = ref - new
+      kl = jnp.exp(d) - d - 1
+      loss = mean(-(surrogate - s.kl_coef * kl))
+      return loss, {"kl": mean(kl), "entropy": mean(entropy),
+                    "clip_fraction": mean((jnp.abs(ratio - 1) > s.clip_eps)
+                                          .astype(jnp.float32)),
+                    "ratio": mean(ratio)}
+
+    metrics = None
+    for update in range(s.updates_per_sample):
+      (loss, aux), grads = nnx.value_and_grad(
+          loss_fn, has_aux=True, argnums=nnx.DiffState(0, wrt))(model)
+      if update == 0:
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "kl": aux["kl"],
+                   "entropy": aux["entropy"]}
+      metrics["clip_fraction"] = aux["clip_fraction"]  # the last update's
+      metrics["ratio"] = aux["ratio"]
+      opt.update(model, grads)
+    rows = jnp.maximum(w.sum(), 1.0)
+    per_user = lambda x: (x.mean(-1) * w).sum() / rows
+    metrics["reward"] = per_user(total)
+    for name, value in parts.items():
+      metrics[f"reward_{name}"] = per_user(value)
+    metrics["hit_rate"] = per_user((rollout.paths.item == batch["target_item"][:, None])
+                                   .astype(jnp.float32))
+    metrics["valid_rate"] = per_user((rollout.paths.item > 0).astype(jnp.float32))
+    return nnx.split((model, opt))[1], metrics
+
+  return jax.jit(rl_step, donate_argnums=0)
+
