@@ -21,8 +21,11 @@ Commands:
   ... --config configs/reg4rec_scientific.py:tiny --workdir /tmp/reg4rec_scientific_tiny
 
 Measured (``:converge``, the 2-core x86 CPU shared with other jobs, 25–43 min of
-training a seed, commit 77d59f1; docs/results.md): this recipe (the paper's MPQ, CORP
-off), seed 0: test R@10 0.0694, N@10 0.0416 (28 min). With the MPQ independence term
+training a seed, commits 77d59f1 and 36e5092; docs/results.md): this recipe (the
+paper's MPQ, CORP off), 3 seeds: test R@10 0.0666 ± 0.0018, N@10 0.0407 ± 0.0007
+(28–31 min a seed). GRPO after it (``--config.rl.enabled=True``, 200 steps at lr 2e-5,
+README "The reinforcement stage"): the PARS rewards lower the ranking, the exact-item
+reward alone (``--config.rl.rewards=global_path=1``) keeps or raises it. With the MPQ independence term
 (``--config.tokenizer.mpq.independence_weight=1``), 3 seeds: 0.0630 ± 0.0008 / 0.0382 ±
 0.0015 with CORP off, 0.0505 ± 0.0027 / 0.0301 ± 0.0014 with CORP on. TIGER at the same budget: 0.0633 ± 0.0007 / 0.0382 ± 0.0008. Last-item floor 0.0940 / 0.0711,
 history transitions 0.1074 / 0.0786.

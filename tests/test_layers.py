@@ -13,7 +13,8 @@ LAYERS = (
     ("sid", ("sid",)),
     ("models", ("models",)),
     ("decoding", ("decoding",)),
-    ("training", ("train", "evaluate", "checkpoints", "metric_writer", "baselines")),
+    ("training", ("train", "evaluate", "checkpoints", "metric_writer", "baselines",
+                  "rl")),
     ("recipe", ("stages", "config_lib", "run", "main", "export", "report", "bench",
                 "tune")),
 )
