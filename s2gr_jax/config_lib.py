@@ -103,14 +103,18 @@ def base_config() -> ml_collections.ConfigDict:
   # for REG4Rec, SIDReasoner's prefix reward for ordered SIDs) or 'name=weight,...' of
   # s2gr_jax/rl/rewards.py; MSRA: `msra_items` targets (the next item and the ones
   # after it in the training part), weights msra_decay^(k-1); msra_items=1 is MSRA off.
+  # `rollout`: 'sample' (G paths drawn from the policy) or 'beam' (the G best items of
+  # the constrained beam search, MiniOneRec's rollouts; the 'rank' reward needs them).
+  # `validate_at_start`: score the supervised model on validation before the first
+  # step, so the best checkpoint kept is never worse on validation than where RL began.
   # The loop keys (num_steps, log_every, eval_every, checkpoint_every, patience,
   # stop_at_step) mean what train.* mean; checkpoints go to WORKDIR/rl/.
   c.rl = ml_collections.ConfigDict(dict(
       enabled=False, init_from="", group_size=16, batch_size=64, num_steps=300,
       lr=1e-5, warmup_steps=0, weight_decay=0.0, grad_clip=1.0, kl_coef=0.001,
       clip_eps=0.2, updates_per_sample=2, temperature=1.0, rewards="auto",
-      msra_items=3, msra_decay=0.5, log_every=10, eval_every=100, checkpoint_every=100,
-      patience=0, stop_at_step=-1))
+      rollout="sample", msra_items=3, msra_decay=0.5, validate_at_start=True,
+      log_every=10, eval_every=100, checkpoint_every=100, patience=0, stop_at_step=-1))
 
   c.eval = ml_collections.ConfigDict(dict(
       beam_size=20, batch_size=256, ks=(1, 5, 10, 20), val_users=0,
@@ -325,7 +329,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        "GRPO samples the paths of a generator over Semantic IDs (tiger, "
                        "s2gr, reg4rec)")
     from s2gr_jax.rl import rewards  # pylint: disable=g-import-not-at-top
-    rewards.parse_weights(rl.rewards, "sets")
+    weights = rewards.parse_weights(rl.rewards, "sets")
+    rollout = rl.get("rollout", "sample")
+    if rollout not in ("sample", "beam"):
+      raise ValueError(f"config.rl.rollout={rollout!r}: expected 'sample' (paths drawn "
+                       "from the policy) or 'beam' (the constrained beam search's best)")
+    if weights.get("rank") and rollout != "beam":
+      raise ValueError("config.rl.rewards has 'rank', MiniOneRec's ranking reward, which "
+                       "reads each path's place in the beam: set config.rl.rollout='beam'")
   if config.tokenizer.embedding == "npy" and not config.tokenizer.embedding_path:
     raise ValueError("config.tokenizer.embedding='npy' needs "
                      "config.tokenizer.embedding_path")

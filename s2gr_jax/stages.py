@@ -494,6 +494,7 @@ def rl_loop_config(config):
                    log_every=rl.log_every, eval_every=rl.eval_every,
                    checkpoint_every=rl.checkpoint_every, patience=rl.patience,
                    stop_at_step=rl.stop_at_step)
+  out.train.validate_at_start = bool(rl.get("validate_at_start", False))
   return out
 
 
@@ -559,9 +560,10 @@ class Reinforce:
       index = jax.device_put(decoding.make_index(table, search, **extras), replicated)
       tables = jax.device_put(rewards_lib.RewardTables.from_table(table, item_category),
                               replicated)
-      log.info("GRPO: %d paths per user, rewards %s, MSRA over %d items, KL %g, "
+      log.info("GRPO: %d %s paths per user, rewards %s, MSRA over %d items, KL %g, "
                "%d updates per sample, lr %g, %d steps of %d users",
-               settings.group, dict(settings.weights), rl.msra_items, settings.kl_coef,
+               settings.group, "beam" if settings.rollout == "beam" else "sampled",
+               dict(settings.weights), rl.msra_items, settings.kl_coef,
                settings.updates_per_sample, rl.lr, rl.num_steps, rl.batch_size)
       rl_step = grpo.make_rl_step(graphdef, model_graphdef, settings, wrt)
       loop = train_lib.train_loop(
@@ -587,6 +589,7 @@ class Reinforce:
               "train/step_s": loop.wall_s - loop.compile_s - loop.eval_s,
               "train/stopped_early": loop.stopped_early,
               "train/paths_per_user": settings.group,
+              "train/rollout": settings.rollout,
               "train/rewards": ",".join(f"{k}={v:g}" for k, v in settings.weights),
               "train/msra_items": rl.msra_items})
 

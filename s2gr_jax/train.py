@@ -218,7 +218,8 @@ def train_loop(config, *, train_step, state, mesh, train_ds,
   step (``make_train_step`` for supervised training); its metrics must hold ``loss`` and
   ``grad_norm`` (checked for NaN). ``state[0]`` is the model's state: what
   ``validate(model_state)`` scores and the best checkpoint (by ``eval.select_metric``)
-  keeps.
+  keeps; with ``train.validate_at_start`` the model it starts from is scored (step 0)
+  and competes for the best checkpoint too.
   """
   tcfg = config.train
   select = config.eval.select_metric
@@ -255,6 +256,30 @@ def train_loop(config, *, train_step, state, mesh, train_ds,
   wall_at_start = float(meta["train_wall_s"])
   compile_at_start = float(meta.get("compile_s", 0.0)) - compile_seconds()
   pending = None  # (step, metrics) of the previous step: checked one step late
+  def run_validation():
+    t0, c0 = time.time(), compile_seconds()
+    val = validate(state[0])
+    eval_s = time.time() - t0
+    meta["eval_s"] = float(meta.get("eval_s", 0.0)) + eval_s - (compile_seconds() - c0)
+    writer.write(step, {**{f"val/{k}": v for k, v in val.items()}, "perf/val_s": eval_s})
+    improved = val[select] > meta["best_metric"]
+    if improved:
+      meta.update(best_metric=val[select], best_step=step, evals_since_best=0)
+      ckpts.save_best(step, state[0], {"step": step, "val": val})
+    else:
+      meta["evals_since_best"] += 1
+      if 0 < tcfg.patience <= meta["evals_since_best"]:
+        meta["stopped_early"] = True
+    log.info("val @ %d: %s | best %s %.4f @ %d%s | %.1f s", step,
+             " ".join(f"{k} {v:.4f}" for k, v in val.items() if "@10" in k),
+             select, meta["best_metric"], meta["best_step"],
+             " (early stop)" if meta["stopped_early"] else "", eval_s)
+    return time.time() - t0
+
+  if ckpts.latest_step() is None and tcfg.get("validate_at_start", False):
+    run_validation()  # the starting model is a candidate for the best checkpoint
+    save_last()  # (with its score: a resumed run does not score it again)
+    window_start = time.time()
   with StopSignals() as signals:
     while not done():
       if stop_at is not None and step >= stop_at:
@@ -299,25 +324,7 @@ def train_loop(config, *, train_step, state, mesh, train_ds,
         window, timed, window_start = [], 0, time.time()
 
       if step % tcfg.eval_every == 0 or step == tcfg.num_steps:
-        t0, c0 = time.time(), compile_seconds()
-        val = validate(state[0])
-        eval_s = time.time() - t0
-        meta["eval_s"] = float(meta.get("eval_s", 0.0)) + eval_s - (compile_seconds() - c0)
-        writer.write(step, {**{f"val/{k}": v for k, v in val.items()},
-                            "perf/val_s": eval_s})
-        improved = val[select] > meta["best_metric"]
-        if improved:
-          meta.update(best_metric=val[select], best_step=step, evals_since_best=0)
-          ckpts.save_best(step, state[0], {"step": step, "val": val})
-        else:
-          meta["evals_since_best"] += 1
-          if 0 < tcfg.patience <= meta["evals_since_best"]:
-            meta["stopped_early"] = True
-        log.info("val @ %d: %s | best %s %.4f @ %d%s | %.1f s", step,
-                 " ".join(f"{k} {v:.4f}" for k, v in val.items() if "@10" in k),
-                 select, meta["best_metric"], meta["best_step"],
-                 " (early stop)" if meta["stopped_early"] else "", eval_s)
-        window_start += time.time() - t0
+        window_start += run_validation()
 
       meta["train_wall_s"] = wall_at_start + time.time() - run_start
       meta["compile_s"] = compile_at_start + compile_seconds()

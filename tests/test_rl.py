@@ -49,7 +49,8 @@ def test_each_reward_on_a_hand_made_case():
   tables = hand_tables()
   p = paths([2, 3, 1], [[0, 1, 2], [0, 1, 2], [1, 2, 0]])
   target = jnp.asarray([1])
-  got = {name: np.asarray(fn(p, target, tables))[0] for name, fn in rewards.REWARDS.items()}
+  got = {name: np.asarray(fn(p, target, tables))[0] for name, fn in rewards.REWARDS.items()
+         if name != "rank"}  # (beam rollouts only: its own test)
   # item 2 = (0,1,3) vs target (0,1,2): two of three codes; item 3 = (1,1,2): two.
   np.testing.assert_allclose(got["step_hit"], [2 / 3, 2 / 3, 1.0])
   np.testing.assert_allclose(got["global_path"], [0, 0, 1])
@@ -60,6 +61,20 @@ def test_each_reward_on_a_hand_made_case():
   np.testing.assert_allclose(got["step_consistency"], [0.0, 0.5, 0.5])
   # SIDReasoner: 2 leading levels → 0.5; first level misses → 0; exact → 1; + 0.1 valid
   np.testing.assert_allclose(got["prefix"], [0.6, 0.1, 1.1], rtol=1e-6)
+
+
+def test_rank_reward_penalises_wrong_items_by_beam_place_only_when_the_target_is_found():
+  tables = hand_tables()
+  rank = jnp.asarray([[0, 1, 2], [0, 1, 2]])
+  p = rewards.Paths(item=jnp.asarray([[2, 1, 3], [2, 3, 2]]), order=jnp.zeros((2, 3, 3),
+                                                                              jnp.int32),
+                    rank=rank)
+  got = np.asarray(rewards.rank(p, jnp.asarray([1, 1]), tables))
+  d = 1 / np.log2(np.arange(3) + 2)
+  np.testing.assert_allclose(got[0], [-d[0] / d.sum(), 0.0, -d[2] / d.sum()], rtol=1e-6)
+  np.testing.assert_allclose(got[1], 0.0)  # the target is not in the group
+  with pytest.raises(ValueError, match="rl.rollout='beam'"):
+    rewards.rank(paths([1, 2, 3], [[0, 1, 2]] * 3), jnp.asarray([1]), tables)
 
 
 def test_msra_weights_future_targets_and_skips_missing_ones():
@@ -159,6 +174,36 @@ def test_sampled_paths_are_catalogue_items_sets(order):
   assert (np.asarray(ent) >= -1e-6).all()
 
 
+@pytest.mark.parametrize("kind", ["prefix", "sets"])
+def test_beam_rollouts_are_the_beam_search_items_replayed_along_allowed_steps(kind):
+  if kind == "prefix":
+    table = factories.sid_table(num_items=40)
+    model, extras = factories.tiny_tiger(table), {}
+  else:
+    table = test_reg4rec.unordered_table(num_items=30)
+    model, extras = test_reg4rec.tiny_reg4rec(table), {"compact": False}
+  index = decoding.make_index(table, kind, **extras)
+  codes = rewards.RewardTables.from_table(table).codes
+  batch = factories.batch(table, batch_size=4)
+  rollout = jax.jit(lambda m, b: grpo.beam_paths(m, b, index, group=8, codes=codes))(
+      model, batch)
+  want, _ = decoding.recommend(model, batch, index, beam=8)
+  np.testing.assert_array_equal(np.asarray(rollout.paths.item), np.asarray(want))
+  assert all(len(set(row)) == 8 for row in np.asarray(want).tolist())  # distinct items
+  np.testing.assert_array_equal(np.asarray(rollout.paths.rank), np.tile(np.arange(8), (4, 1)))
+  _check_rollout(rollout, table, kind)
+  lp, _ = grpo.step_log_probs(model, batch, rollout)
+  assert np.isfinite(np.asarray(lp)).all()
+  # Forcing a sampled group's own items replays exactly that group.
+  sampled = grpo.sample_paths(model, batch, index, group=8, key=jax.random.key(3))
+  again = grpo.sample_paths(model, batch, index, group=8, key=None,
+                            forced=sampled.paths.item, codes=codes)
+  for a, b in zip(sampled.slots, again.slots):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_array_equal(np.asarray(sampled.paths.order),
+                                np.asarray(again.paths.order))
+
+
 def _state(table, lr, mesh):
   cfg = tiger.TigerConfig(codebook_sizes=table.codebook_sizes, user_buckets=10,
                           d_model=32, num_heads=2, head_dim=16, d_ff=64, encoder_layers=1,
@@ -169,8 +214,9 @@ def _state(table, lr, mesh):
                             grpo.make_optimizer(rl), 0, mesh)
 
 
-@pytest.mark.parametrize("lr", [0.0, 1e-2])
-def test_zero_learning_rate_keeps_the_sft_policy(lr):
+@pytest.mark.parametrize("lr,rollout", [(0.0, "sample"), (1e-2, "sample"),
+                                        (0.0, "beam"), (1e-2, "beam")])
+def test_zero_learning_rate_keeps_the_sft_policy(lr, rollout):
   mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1,
                                                            rules=())))
   table = factories.sid_table(num_items=40)
@@ -178,8 +224,9 @@ def test_zero_learning_rate_keeps_the_sft_policy(lr):
   sft = jax.tree.map(lambda x: x.copy(), state[0])
   index = decoding.make_index(table, "prefix")
   tables = rewards.RewardTables.from_table(table)
+  weights = (("step_hit", 1.0),) + ((("rank", 1.0),) if rollout == "beam" else ())
   step = grpo.make_rl_step(graphdef, model_graphdef,
-                           grpo.GrpoSettings(group=8, weights=(("step_hit", 1.0),)))
+                           grpo.GrpoSettings(group=8, weights=weights, rollout=rollout))
   batch = factories.batch(table, batch_size=4)
   state, metrics = step(state, batch, jax.random.key(0), sft, index, tables)
   changed = [not np.array_equal(a, b) for a, b in
@@ -192,6 +239,8 @@ def test_zero_learning_rate_keeps_the_sft_policy(lr):
   else:  # the same step with a learning rate does move the policy
     assert any(changed) and float(metrics["grad_norm"]) > 0
   assert float(metrics["valid_rate"]) == 1.0
+  if rollout == "beam":  # the beam's items are distinct
+    assert float(metrics["unique_rate"]) == 1.0
 
 
 # --- through the entry point ---------------------------------------------------------
@@ -218,6 +267,12 @@ def test_rl_run_raises_the_reward_and_resumes_to_the_same_state(sft_workdir, tmp
   keys = dict(RL_KEYS, **{"rl.init_from": sft_workdir})
   results = run.run(test_run.tiny_config(**keys), full)
   reward = rl_rewards(full)
+  # rl.validate_at_start: the SFT model is scored at step 0 and competes for the best,
+  # so the kept checkpoint is never below it on validation.
+  val = {r["step"]: r["val/ndcg@10"] for r in metric_writer.read_metrics(f"{full}/rl")
+         if "val/ndcg@10" in r}
+  assert sorted(val) == [0, 20, 40]
+  assert val[results["rl/train/best_step"]] == max(val.values())
   assert sorted(reward) == [10, 20, 30, 40]
   assert reward[40] > reward[10]
   for split_name in ("val", "test"):  # the SFT row and the RL row, one table
@@ -247,6 +302,12 @@ def test_rl_stage_errors_name_the_problem(tmp_path):
   with pytest.raises(ValueError, match="unknown reward"):
     run.run(test_run.tiny_config(**{"rl.enabled": True, "rl.rewards": "nope=1"}),
             str(tmp_path / "b"))
+  with pytest.raises(ValueError, match="set config.rl.rollout='beam'"):
+    run.run(test_run.tiny_config(**{"rl.enabled": True, "rl.rewards": "global_path,rank"}),
+            str(tmp_path / "d"))
+  with pytest.raises(ValueError, match="rl.rollout='beams'"):
+    run.run(test_run.tiny_config(**{"rl.enabled": True, "rl.rollout": "beams"}),
+            str(tmp_path / "e"))
   with pytest.raises(ValueError, match="scores items directly"):
     run.run(test_run.tiny_config(**{"rl.enabled": True, "model.name": "sasrec"}),
             str(tmp_path / "c"))

@@ -16,6 +16,10 @@ supervised step:
      probability of a path is the product of its code draws. CORP does not prune
      rollouts.
    Every step records its candidate tokens, which are allowed, and the slot drawn.
+   ``rl.rollout='beam'`` (``beam_paths``) takes the group from the constrained beam
+   search instead, the G best distinct items (MiniOneRec's beam rollouts), and replays
+   each along the sampler's steps (``forced``), so it is scored by the same per-step
+   distributions as a sampled path.
 2. **Score** (``step_log_probs``): the same decoder steps replayed on the recorded
    tokens (differentiable), each step's log-probability renormalised over the recorded
    allowed candidates: exactly the sampling distribution, so with a zero learning rate
@@ -66,24 +70,42 @@ class Rollout:
     return jnp.take_along_axis(self.cands[step], self.slots[step][..., None], -1)[..., 0]
 
 
-def _draw(key, log_probs, cand, valid, temperature):
+def _draw(key, log_probs, cand, valid, temperature, forced=None):
+  """The slot drawn at one step; with ``forced`` (int32[B, G], the token each path
+  must take) the slot that holds it among the allowed candidates."""
+  if forced is not None:
+    return (valid & (cand == forced[..., None])).argmax(-1).astype(jnp.int32)
   logits = jnp.where(valid, jnp.take_along_axis(log_probs, cand, -1) / temperature,
                      -jnp.inf)
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-def sample_paths(model, batch, index, *, group: int, key: jax.Array,
-                 temperature: float = 1.0) -> Rollout:
-  """``group`` paths per user from ``model`` under ``index`` (``decoding.make_index``)."""
+def sample_paths(model, batch, index, *, group: int, key: jax.Array | None,
+                 temperature: float = 1.0, forced: jax.Array | None = None,
+                 codes: jax.Array | None = None) -> Rollout:
+  """``group`` paths per user from ``model`` under ``index`` (``decoding.make_index``).
+
+  With ``forced`` (int32[B, G], catalogue item ids) nothing is drawn: each path takes
+  the steps that lead to its forced item, ``codes`` (int32[N + 1, L], the items' codes,
+  ``RewardTables.codes``) saying which token that is at each step; the codebook order
+  is the sampler's own (the most confident open codebook of the path so far)."""
+  if forced is not None and codes is None:
+    raise ValueError("sample_paths(forced=...) needs the items' codes (codes=...)")
+  force = (lambda level: None) if forced is None else (lambda level: codes[forced, level])
   if index.kind == "prefix":
-    return _sample_prefix(model, batch, index, group, key, temperature)
+    return _sample_prefix(model, batch, index, group, key, temperature, force)
   if index.kind == "sets":
-    return _sample_sets(model, batch, index, group, key, temperature)
+    return _sample_sets(model, batch, index, group, key, temperature, force,
+                        None if forced is None else codes[forced])
   raise ValueError(f"GRPO samples paths of generators; a {index.kind!r} index (a model "
                    "that scores items directly) has no paths to sample")
 
 
-def _sample_prefix(model, batch, index, group, key, temperature) -> Rollout:
+def _fold(key, step):
+  return None if key is None else jax.random.fold_in(key, step)
+
+
+def _sample_prefix(model, batch, index, group, key, temperature, force) -> Rollout:
   b = batches.batch_size(batch)
   state = model.start_decoding(batch, group)
   node = jnp.broadcast_to(index.root(b), (b, group))
@@ -92,7 +114,7 @@ def _sample_prefix(model, batch, index, group, key, temperature) -> Rollout:
   for step in range(len(index.widths)):
     log_probs, state = model.decode_level(state, tokens, step)
     cand, valid = index.allowed(node, step)
-    slot = _draw(jax.random.fold_in(key, step), log_probs, cand, valid, temperature)
+    slot = _draw(_fold(key, step), log_probs, cand, valid, temperature, force(step))
     node = index.advance(node, step, parent, slot)
     tokens = jnp.take_along_axis(cand, slot[..., None], -1)[..., 0]
     slots.append(slot), cands.append(cand), valids.append(valid)
@@ -102,7 +124,8 @@ def _sample_prefix(model, batch, index, group, key, temperature) -> Rollout:
                  rewards_lib.Paths(item=index.item(node), order=order))
 
 
-def _sample_sets(model, batch, index, group, key, temperature) -> Rollout:
+def _sample_sets(model, batch, index, group, key, temperature, force,
+                 forced_codes) -> Rollout:
   b = batches.batch_size(batch)
   m = len(index.sizes)
   fixed = getattr(model.cfg, "order", "confidence") == "fixed"
@@ -132,7 +155,11 @@ def _sample_sets(model, batch, index, group, key, temperature) -> Rollout:
     in_book = slot_ids < sizes[chosen][..., None]
     cand = offsets[chosen][..., None] + jnp.where(in_book, slot_ids, 0)
     valid = in_book & jnp.take_along_axis(allowed, cand, -1)
-    slot = _draw(jax.random.fold_in(key, step), log_probs, cand, valid, temperature)
+    want = None
+    if forced_codes is not None:  # the forced item's code in the chosen codebook
+      want = offsets[chosen] + jnp.take_along_axis(forced_codes, chosen[..., None],
+                                                   -1)[..., 0]
+    slot = _draw(_fold(key, step), log_probs, cand, valid, temperature, want)
     tokens = jnp.take_along_axis(cand, slot[..., None], -1)[..., 0]
     order = order.at[:, :, step].set(chosen)
     picked = picked | jax.nn.one_hot(chosen, m, dtype=bool)
@@ -148,12 +175,27 @@ def _sample_sets(model, batch, index, group, key, temperature) -> Rollout:
     cand = jnp.broadcast_to(jnp.arange(index.dedup_size, dtype=jnp.int32),
                             (b, group, index.dedup_size))
     valid = index.carried(alive, m)
-    slot = _draw(jax.random.fold_in(key, m), log_probs, cand, valid, temperature)
+    slot = _draw(_fold(key, m), log_probs, cand, valid, temperature, force(m))
     alive = jnp.where((alive >= 0) & (index.codes[jnp.maximum(alive, 0), m]
                                       == slot[..., None]), alive, -1)
     slots.append(slot), cands.append(cand), valids.append(valid)
   return Rollout(tuple(slots), tuple(cands), tuple(valids),
                  rewards_lib.Paths(item=index.item(alive), order=order))
+
+
+def beam_paths(model, batch, index, *, group: int, codes: jax.Array,
+               temperature: float = 1.0) -> Rollout:
+  """The group as the ``group`` best items of the model's constrained beam search
+  (``decoding.recommend``, beam = group), best first, each replayed along the
+  sampler's steps; where the search returns fewer items (a tiny catalogue) the best
+  one fills the empty slots. ``paths.rank`` holds each path's place in the beam."""
+  from s2gr_jax import decoding  # pylint: disable=g-import-not-at-top
+  items, _ = decoding.recommend(model, batch, index, beam=group)
+  items = jnp.where(items > 0, items, items[:, :1])
+  rollout = sample_paths(model, batch, index, group=group, key=None,
+                         temperature=temperature, forced=items, codes=codes)
+  rank = jnp.broadcast_to(jnp.arange(group, dtype=jnp.int32), items.shape)
+  return rollout.replace(paths=rollout.paths.replace(rank=rank))
 
 
 def step_log_probs(model, batch, rollout: Rollout, temperature: float = 1.0):
@@ -174,6 +216,14 @@ def step_log_probs(model, batch, rollout: Rollout, temperature: float = 1.0):
   return jnp.stack(chosen, -1), jnp.stack(entropy, -1)
 
 
+def _unique_share(items: jax.Array) -> jax.Array:
+  """float32[B, G]: 1 at each path whose item no earlier path of the group took (its
+  mean over G is the share of distinct items in the group)."""
+  same = items[:, :, None] == items[:, None, :]
+  earlier = jnp.tril(jnp.ones(same.shape[1:], bool), -1)
+  return (~(same & earlier).any(-1)).astype(jnp.float32)
+
+
 def group_advantages(rewards: jax.Array, eps: float = 1e-6) -> jax.Array:
   """(r - mean) / (std + eps) within each user's group of G, float32[B, G]."""
   mean = rewards.mean(-1, keepdims=True)
@@ -190,6 +240,7 @@ class GrpoSettings:
   clip_eps: float = 0.2
   updates_per_sample: int = 2
   temperature: float = 1.0
+  rollout: str = "sample"
   weights: tuple[tuple[str, float], ...] = (("prefix", 1.0),)
   msra_decay: float = 0.5
 
@@ -198,7 +249,7 @@ class GrpoSettings:
     weights = rewards_lib.parse_weights(rl.rewards, search)
     return cls(group=rl.group_size, kl_coef=rl.kl_coef, clip_eps=rl.clip_eps,
                updates_per_sample=rl.updates_per_sample, temperature=rl.temperature,
-               weights=tuple(weights.items()), msra_decay=rl.msra_decay)
+               rollout=rl.get("rollout", "sample"), weights=tuple(weights.items()), msra_decay=rl.msra_decay)
 
 
 def make_optimizer(rl) -> optax.GradientTransformation:
@@ -232,9 +283,13 @@ def make_rl_step(graphdef, model_graphdef, settings: GrpoSettings, wrt=nnx.Param
   def rl_step(state, batch, base_key, ref_state, index, tables):
     model, opt = nnx.merge(graphdef, state)
     key = jax.random.fold_in(base_key, opt.step[...])
-    rollout = jax.lax.stop_gradient(
-        sample_paths(model, batch, index, group=s.group, key=key,
-                     temperature=s.temperature))
+    if s.rollout == "beam":
+      rollout = beam_paths(model, batch, index, group=s.group, codes=tables.codes,
+                           temperature=s.temperature)
+    else:
+      rollout = sample_paths(model, batch, index, group=s.group, key=key,
+                             temperature=s.temperature)
+    rollout = jax.lax.stop_gradient(rollout)
     total, parts = rewards_lib.combine(rollout.paths, targets_of(batch), tables, weights,
                                        s.msra_decay)
     adv = group_advantages(total)[..., None]  # [B, G, 1]
@@ -278,6 +333,7 @@ def make_rl_step(graphdef, model_graphdef, settings: GrpoSettings, wrt=nnx.Param
     metrics["hit_rate"] = per_user((rollout.paths.item == batch["target_item"][:, None])
                                    .astype(jnp.float32))
     metrics["valid_rate"] = per_user((rollout.paths.item > 0).astype(jnp.float32))
+    metrics["unique_rate"] = per_user(_unique_share(rollout.paths.item))
     return nnx.split((model, opt))[1], metrics
 
   return jax.jit(rl_step, donate_argnums=0)

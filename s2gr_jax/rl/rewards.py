@@ -25,6 +25,12 @@ SIDReasoner's reward for ordered SIDs (arXiv 2603.23183, ``sidreasoner_gemma.md`
   0 if n = 0, else 2^(n - L) (L = 3: 0.25, 0.5, 1.0 for an exact match), + 0.1 when
   the sampled path is a valid catalogue item (the constrained sampler's always are).
 
+MiniOneRec's ranking reward (its ``rl.py``, ``ndcg_rule_reward``), for beam rollouts:
+
+* ``rank``: in a group that holds the target, 0 for it and minus the share of the NDCG
+  discount of its beam place for each wrong item (the hard negatives at the top cost
+  most); 0 in a group without the target. MiniOneRec adds it to ``global_path``.
+
 REG4Rec's MSRA (multi-step reward augmentation): the same reward against each of the
 next N items of the user's sequence, ``targets`` int[B, N] (the example's target first,
 then the items after it *in the training part only*, 0 where there is none), summed with
@@ -49,10 +55,13 @@ class Paths:
     item: int32[B, G] the sampled item ids (1-based; 0 = no item).
     order: int32[B, G, ≥M] the codebook (level) each step emitted, in order (the
       first M steps are the semantic ones).
+    rank: int32[B, G] each path's place in the beam (0 = best) for beam rollouts
+      (``rl.rollout='beam'``); None for sampled ones, which have no ranking.
   """
 
   item: jax.Array
   order: jax.Array
+  rank: jax.Array | None = None
 
 
 @struct.dataclass
@@ -140,9 +149,27 @@ def prefix(paths: Paths, target: jax.Array, tables: RewardTables) -> jax.Array:
   return (hit + 0.1 * (paths.item > 0)).astype(jnp.float32)
 
 
+def rank(paths: Paths, target: jax.Array, tables: RewardTables) -> jax.Array:
+  """MiniOneRec's ranking reward for beam rollouts: in a group where some path is the
+  target, the target gets 0 and a wrong item at beam place k (0-based) gets
+  -(1/log2(k + 2)) / Σ_j 1/log2(j + 2) (the share of the NDCG discount it takes), so a
+  wrong item ranked above the target costs more than one ranked below; a group without
+  the target gets 0 everywhere."""
+  del tables
+  if paths.rank is None:
+    raise ValueError("reward 'rank' needs beam rollouts (config.rl.rollout='beam'): "
+                     "sampled paths have no ranking")
+  group = paths.item.shape[1]
+  discount = 1.0 / jnp.log2(paths.rank.astype(jnp.float32) + 2.0)
+  total = (1.0 / jnp.log2(jnp.arange(group, dtype=jnp.float32) + 2.0)).sum()
+  miss = (paths.item != target[:, None]) | (target[:, None] <= 0)
+  found = ~miss.all(-1, keepdims=True)
+  return jnp.where(miss & found, -discount / total, 0.0).astype(jnp.float32)
+
+
 REWARDS: dict[str, Callable[[Paths, jax.Array, RewardTables], jax.Array]] = {
     "step_hit": step_hit, "global_path": global_path, "category_hit": category_hit,
-    "step_consistency": step_consistency, "prefix": prefix}
+    "step_consistency": step_consistency, "prefix": prefix, "rank": rank}
 
 PARS = "step_hit=1,global_path=1,category_hit=1,step_consistency=1"
 PREFIX = "prefix=1"
