@@ -40,6 +40,8 @@ DEFAULT_RULES = (
     (r"/(o|wo|attention_out|output)/kernel$", ("tensor", "fsdp")),
     (r"head/kernel$", ("fsdp", "tensor")),
     (r"(encoder|decoder)/\d+/kernel$", ("fsdp", "tensor")),  # MLP stacks (RQ-VAE)
+    (r"/(gate|up)/kernel$", ("fsdp", "tensor")),  # Gemma's gated MLP (lm/gemma.py)
+    (r"/down/kernel$", ("tensor", "fsdp")),
 )
 
 

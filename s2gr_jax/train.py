@@ -290,7 +290,7 @@ def train_loop(config, *, train_step, state, mesh, train_ds,
       if shapes not in seen_shapes:
         seen_shapes.add(shapes)
         log.info("Compiling the train step for batch shape %s ...",
-                 tuple(batch["history_codes"].shape))
+                 tuple(batch.get("history_codes", next(iter(batch.values()))).shape))
         t0 = time.time()
         state, step_metrics = train_step(state, batch, base_key, *step_args)
         jax.block_until_ready(step_metrics)

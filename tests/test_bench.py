@@ -212,3 +212,17 @@ def test_rl_suite_times_the_grpo_step_against_the_sft_step(tmp_path):
     assert m["rl_step_s"] > 0 and m["sft_step_s"] > 0
     assert m["rl_over_sft_per_user"] == pytest.approx(m["rl_step_s"] / m["sft_step_s"])
   assert "GRPO / SFT per user" in (tmp_path / "rl.md").read_text()
+
+
+def test_lm_suite_times_prompt_decode_and_training_of_the_tiny_gemma(tmp_path):
+  out = tmp_path / "lm.json"
+  cli.main(["--suite", "lm", "--lm", "tiny", "--out", str(out), "--batch", "2",
+            "--seq-len", "16", "--decode-tokens", "4", "--repeats", "1", "--lora-rank",
+            "2"])
+  m = json.loads(out.read_text())["lm"]
+  assert m["prompt"]["tokens_per_s"] == pytest.approx(2 * 16 / m["prompt"]["s"])
+  assert m["decode"]["tokens_per_s"] == pytest.approx(2 / m["decode"]["step_s"])
+  # LoRA trains the adapters only: far fewer parameters than full fine-tuning.
+  assert m["train_lora"]["trainable_params"] < m["train_full"]["trainable_params"] == \
+      m["params"]
+  assert "SFT step, LoRA rank 2" in (tmp_path / "lm.md").read_text()

@@ -14,7 +14,7 @@ LAYERS = (
     ("models", ("models",)),
     ("decoding", ("decoding",)),
     ("training", ("train", "evaluate", "checkpoints", "metric_writer", "baselines",
-                  "rl")),
+                  "rl", "lm")),
     ("recipe", ("stages", "config_lib", "run", "main", "export", "report", "bench",
                 "tune")),
 )

@@ -42,6 +42,13 @@ TF-IDF RQ-KMeans SIDs); ``--tiny`` the ``:tiny`` presets (tests)::
     python -m s2gr_jax.bench --suite small --against HEAD~1 --rounds 2 --steps 300 \\
         --out small.json
 
+``rl`` (rl.py): the GRPO step's cost per user against the supervised step.
+
+``lm`` (lm.py): Gemma 3 270M on this device: prompt (prefill), decode and SFT training
+tokens/s (full and LoRA) and memory::
+
+    python -m s2gr_jax.bench --suite lm --batch 4 --seq-len 128 --out lm.json
+
 Every suite writes its JSON to ``--out`` (with the flags under ``settings``) and a
 Markdown table next to it (same name, ``.md``).
 """
@@ -60,6 +67,7 @@ from s2gr_jax.bench import catalogue
 from s2gr_jax.bench import common
 from s2gr_jax.bench import models
 from s2gr_jax.bench import peer
+from s2gr_jax.bench import lm
 from s2gr_jax.bench import rl
 from s2gr_jax.bench import scaling
 from s2gr_jax.bench import small
@@ -72,6 +80,7 @@ SUITES = {
     "sets": (catalogue.suite_sets, catalogue.markdown_sets),
     "peer": (peer.suite_peer, peer.markdown),
     "rl": (rl.suite_rl, rl.markdown),
+    "lm": (lm.suite_lm, lm.markdown),
     "small": (small.suite_small, small.markdown),
 }
 
@@ -105,6 +114,13 @@ def main(argv=None) -> None:
   g = p.add_argument_group("rl (the GRPO step against the supervised step)")
   g.add_argument("--group", type=int, default=16, help="sampled paths per user")
   g.add_argument("--updates", type=int, default=2, help="updates per sample")
+  g = p.add_argument_group("lm (Gemma 3 270M: prompt, decode and training tokens/s)")
+  g.add_argument("--lm", default="270m", choices=("270m", "tiny"),
+                 help="the real model (fetched on first use) or the random tiny config")
+  g.add_argument("--seq-len", type=int, default=128, help="prompt / training tokens")
+  g.add_argument("--decode-tokens", type=int, default=64, help="cache slots past the prompt")
+  g.add_argument("--lora-rank", type=int, default=8)
+  g.add_argument("--remat", action="store_true", help="also time gradient checkpointing")
   g = p.add_argument_group("peer (cornac TIGER in a subprocess)")
   g.add_argument("--peer-python", default=sys.executable,
                  help="interpreter with torch + cornac (e.g. .venv-peer/bin/python); "

@@ -105,8 +105,10 @@ def pad_histories(histories: Sequence[Sequence[int]], max_history: int) -> np.nd
 
 
 def batch_size(batch: Batch) -> int:
-  """``B`` of a batch."""
-  return batch["user_bucket"].shape[0]
+  """``B`` of a batch (a language model's prompt batch has ``prompt_tokens``)."""
+  if "user_bucket" in batch:
+    return batch["user_bucket"].shape[0]
+  return batch["prompt_tokens"].shape[0]
 
 
 def history_length(batch: Batch) -> int:
