@@ -95,6 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
       end_lr_ratio=0.01, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip=1.0,
       log_every=100, eval_every=1_000, checkpoint_every=1_000, patience=10,
       stop_at_step=-1, progress_bar=False,
+      # True: skip each user's last training target (kept for rl.examples='last')
+      hold_out_last=False,
       trainable=""))  # '' = every parameter; else a regex over parameter paths
 
   # The GRPO stage (s2gr_jax/rl/, stage 'rl'): `enabled` appends 'rl,evaluate' to the
@@ -107,13 +109,16 @@ def base_config() -> ml_collections.ConfigDict:
   # the constrained beam search, MiniOneRec's rollouts; the 'rank' reward needs them).
   # `validate_at_start`: score the supervised model on validation before the first
   # step, so the best checkpoint kept is never worse on validation than where RL began.
+  # `examples`: 'all' training examples, or 'last' (each user's last training target
+  # only: with train.hold_out_last=True in the supervised run, examples it never saw).
   # The loop keys (num_steps, log_every, eval_every, checkpoint_every, patience,
   # stop_at_step) mean what train.* mean; checkpoints go to WORKDIR/rl/.
   c.rl = ml_collections.ConfigDict(dict(
       enabled=False, init_from="", group_size=16, batch_size=64, num_steps=300,
       lr=1e-5, warmup_steps=0, weight_decay=0.0, grad_clip=1.0, kl_coef=0.001,
       clip_eps=0.2, updates_per_sample=2, temperature=1.0, rewards="auto",
-      rollout="sample", msra_items=3, msra_decay=0.5, validate_at_start=True,
+      rollout="sample", examples="all", msra_items=3, msra_decay=0.5,
+      validate_at_start=True,
       log_every=10, eval_every=100, checkpoint_every=100, patience=0, stop_at_step=-1))
 
   c.eval = ml_collections.ConfigDict(dict(
@@ -334,6 +339,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if rollout not in ("sample", "beam"):
       raise ValueError(f"config.rl.rollout={rollout!r}: expected 'sample' (paths drawn "
                        "from the policy) or 'beam' (the constrained beam search's best)")
+    if rl.get("examples", "all") not in ("all", "last"):
+      raise ValueError(f"config.rl.examples={rl.examples!r}: expected 'all' or 'last'")
     if weights.get("rank") and rollout != "beam":
       raise ValueError("config.rl.rewards has 'rank', MiniOneRec's ranking reward, which "
                        "reads each path's place in the beam: set config.rl.rollout='beam'")

@@ -360,8 +360,9 @@ class Train:
   def run(self, ctx: RunContext) -> None:
     config, mesh, pipes = ctx.config, ctx.mesh, ctx.pipelines
     train_bs = parallel.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
-    train_ds = pipes.train_dataset(train_bs, seed=config.seed,
-                                   num_threads=config.data.num_threads)
+    train_ds = pipes.train_dataset(
+        train_bs, seed=config.seed, num_threads=config.data.num_threads,
+        examples="except_last" if config.train.get("hold_out_last") else "all")
     log.info("Training examples: %d (%d steps per epoch at batch %d); %d train steps = "
              "%.1f epochs", pipes.num_train_examples(), pipes.steps_per_epoch(train_bs),
              config.train.batch_size, config.train.num_steps,
@@ -543,7 +544,8 @@ class Reinforce:
       bs = parallel.check_batch_size(rl.batch_size, mesh, "rl.batch_size")
       train_ds = ctx.pipelines.train_dataset(bs, seed=config.seed + 7919,
                                              num_threads=config.data.num_threads,
-                                             future=rl.msra_items - 1)
+                                             future=rl.msra_items - 1,
+                                             examples=rl.get("examples", "all"))
       val_users = None
       if 0 < config.eval.val_users < ctx.dataset.num_users:
         val_users = np.random.default_rng(config.seed).choice(

@@ -95,6 +95,28 @@ def test_training_stream_covers_an_epoch_and_resumes_exactly():
   assert any((other[k] != epoch[0][k]).any() for k in epoch[0])
 
 
+def test_held_out_last_training_targets_split_the_examples_in_two():
+  rng = np.random.default_rng(3)
+  seqs = [rng.permutation(np.arange(1, 10))[:rng.integers(5, 9)] for _ in range(40)]
+  split = pipeline.LeaveOneOut.from_sequences(seqs)
+  pipes = pipeline.Pipelines([{"items": s.tolist()} for s in seqs], split, CODES,
+                             np.arange(40, dtype=np.int32), max_history=3,
+                             length_buckets=(3,))
+
+  def examples(which, batch):
+    it = iter(pipes.train_dataset(batch, seed=1, num_threads=0, examples=which))
+    n = {"last": 40, "except_last": pipes.num_train_examples() - 40}[which] // batch
+    return {(int(u), int(t)) for _ in range(n) for b in [next(it)]
+            for u, t in zip(b["user_bucket"], b["target_item"])}
+  last = examples("last", 8)  # 5 batches: every user's last training target once
+  assert last == {(u, int(s[len(s) - 3])) for u, s in enumerate(seqs)}
+  rest = examples("except_last", 1)
+  every = {(int(u), int(seqs[u][p])) for u, p in split.train_index()}
+  assert not last & rest and last | rest == every
+  with pytest.raises(ValueError, match="examples='first'"):
+    pipes.train_dataset(8, seed=1, examples="first")
+
+
 def test_host_shards_are_disjoint_and_complete():
   rng = np.random.default_rng(1)
   seqs = [rng.permutation(np.arange(1, 10))[:rng.integers(4, 9)] for _ in range(30)]

@@ -197,15 +197,23 @@ class Pipelines:
 
   def train_dataset(self, batch_size: int, seed: int,
                     num_threads: int = 2, prefetch: int = 4,
-                    future: int = 0) -> grain.IterDataset:
+                    future: int = 0, examples: str = "all") -> grain.IterDataset:
     """An infinite, shuffled stream of training batches of this host's shard
-    (``future`` > 0: with ``future_items``, ``MakeBatch``).
+    (``future`` > 0: with ``future_items``, ``MakeBatch``). ``examples``: ``all`` the
+    training examples, ``except_last`` all but each user's last training target,
+    ``last`` only those (``train.hold_out_last`` / ``rl.examples``).
 
     ``batch_size`` is the per-host batch. Each bucket is shuffled with its own seed
     derived from ``seed`` (reshuffled every epoch) and batched without remainder;
     the buckets are then mixed in proportion to their number of batches.
     """
-    index = self.split.train_index()[self.shard_index::self.shard_count]
+    index = self.split.train_index()
+    if examples != "all":
+      last = index[:, 1] == self.split.lengths[index[:, 0]] - 3
+      if examples not in ("last", "except_last"):
+        raise ValueError(f"examples={examples!r}: expected 'all', 'except_last' or 'last'")
+      index = index[last if examples == "last" else ~last]
+    index = index[self.shard_index::self.shard_count]
     groups = self._buckets_for(index, batch_size)
     datasets, weights = [], []
     for b, (length, members) in enumerate(groups):
