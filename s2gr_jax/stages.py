@@ -367,6 +367,10 @@ class Train:
              "%.1f epochs", pipes.num_train_examples(), pipes.steps_per_epoch(train_bs),
              config.train.batch_size, config.train.num_steps,
              config.train.num_steps / max(pipes.steps_per_epoch(train_bs), 1))
+    if config.train.get("hold_out_last"):
+      log.info("  train.hold_out_last: each user's last training target (%d examples) "
+               "is left out of these (rl.examples='last' trains on them)",
+               int((pipes.split.lengths >= 4).sum()))
     val_users = None
     if 0 < config.eval.val_users < ctx.dataset.num_users:
       val_users = np.random.default_rng(config.seed).choice(

@@ -305,6 +305,9 @@ def test_rl_stage_errors_name_the_problem(tmp_path):
   with pytest.raises(ValueError, match="set config.rl.rollout='beam'"):
     run.run(test_run.tiny_config(**{"rl.enabled": True, "rl.rewards": "global_path,rank"}),
             str(tmp_path / "d"))
+  with pytest.raises(ValueError, match="rl.examples='first'"):
+    run.run(test_run.tiny_config(**{"rl.enabled": True, "rl.examples": "first"}),
+            str(tmp_path / "f"))
   with pytest.raises(ValueError, match="rl.rollout='beams'"):
     run.run(test_run.tiny_config(**{"rl.enabled": True, "rl.rollout": "beams"}),
             str(tmp_path / "e"))
