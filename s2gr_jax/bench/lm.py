@@ -13,6 +13,7 @@ peak resident memory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import statistics
@@ -57,7 +58,7 @@ def _load(which: str, dtype: str, lora_rank: int = 0):
 
 
 def _train(cfg, params, batch, seq_len, repeats, remat):
-  cfg = gemma.GemmaConfig(**{**cfg.__dict__, "remat": remat})
+  cfg = dataclasses.replace(cfg, remat=remat)
   mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1,
                                                            rules=())))
   wrt = nnx.LoRAParam if cfg.lora_rank else nnx.Param
@@ -134,8 +135,8 @@ def suite_lm(args) -> dict:
   if args.remat:
     out["train_full_remat"] = _train(cfg, params, b, t, args.repeats, remat=True)
     print(f"train_full_remat: {json.dumps(out['train_full_remat'])}", flush=True)
-  lcfg = gemma.GemmaConfig(**{**cfg.__dict__, "lora_rank": args.lora_rank})
-  out["train_lora"] = _train(lcfg, params, b, t, args.repeats, remat=False)
+  out["train_lora"] = _train(dataclasses.replace(cfg, lora_rank=args.lora_rank), params,
+                             b, t, args.repeats, remat=False)
   out["train_lora"]["rank"] = args.lora_rank
   print(f"train_lora: {json.dumps(out['train_lora'])}", flush=True)
   out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

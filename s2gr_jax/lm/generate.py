@@ -1,10 +1,11 @@
 """Generation with the KV-cached Gemma: greedy, sampling, beam search, and the
 catalogue-constrained search over Semantic IDs.
 
-Free text (``generate``): the prompts (left-padded) are prefilled once, then one cached
-decoder step per new token inside ``jax.lax.scan`` (static shapes: ``max_new_tokens``
-steps; a sequence that emitted ``<eos>`` keeps emitting padding). ``beam_search`` keeps
-K beams a prompt by summed log-probability; a finished beam keeps its score.
+Free text (``generate``, ``beam_search``): the prompts (left-padded) are prefilled
+once, then one cached decoder step per new token inside ``jax.lax.scan`` (static
+shapes: ``max_new_tokens`` steps; a sequence that emitted ``<eos>`` keeps emitting
+padding). ``beam_search`` keeps K beams a prompt by summed log-probability; a finished
+beam keeps its score.
 
 Semantic IDs (``SidGenerator``): the language model behind the project's generator
 protocol (``start_decoding`` / ``decode_level``, as TIGER and S²GR implement it), so
@@ -84,9 +85,10 @@ def beam_search(model: gemma.Gemma3, tokens, valid, *, beam: int, max_new_tokens
   score = jnp.where(jnp.arange(beam) == 0, 0.0, -jnp.inf)[None].repeat(b, 0)
   done = jnp.zeros((b, beam), bool)
   seqs = jnp.zeros((b, beam, max_new_tokens), jnp.int32)
-  for t in range(max_new_tokens):
-    # A finished beam extends only by padding, at no cost.
-    stay = jnp.full((v,), -jnp.inf).at[tok_lib.PAD].set(0.0)
+  stay = jnp.full((v,), -jnp.inf).at[tok_lib.PAD].set(0.0)  # a finished beam: padding
+
+  def step(carry, t):
+    score, done, seqs, log_probs, cache = carry
     step_lp = jnp.where(done[..., None], stay, log_probs)
     cand = (score[..., None] + step_lp).reshape(b, beam * v)
     score, top = jax.lax.top_k(cand, beam)
@@ -95,9 +97,14 @@ def beam_search(model: gemma.Gemma3, tokens, valid, *, beam: int, max_new_tokens
     done = jnp.take_along_axis(done, parent, 1) | (token == eos)
     rows = (jnp.arange(b)[:, None] * beam + parent).reshape(-1)
     cache = jax.tree.map(lambda x: x[rows] if x.ndim else x, cache)
-    if t + 1 < max_new_tokens:
-      hidden, cache = model.decode(token.reshape(-1, 1), cache)
-      log_probs = jax.nn.log_softmax(model.logits(hidden[:, 0]), -1).reshape(b, beam, v)
+    # (the last step's decode is not needed, but keeps the scan body uniform; the
+    # cache has a slot for it)
+    hidden, cache = model.decode(token.reshape(-1, 1), cache)
+    log_probs = jax.nn.log_softmax(model.logits(hidden[:, 0]), -1).reshape(b, beam, v)
+    return (score, done, seqs, log_probs, cache), None
+
+  (score, _, seqs, _, _), _ = jax.lax.scan(
+      step, (score, done, seqs, log_probs, cache), jnp.arange(max_new_tokens))
   return seqs, score
 
 

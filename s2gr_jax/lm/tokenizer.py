@@ -82,6 +82,7 @@ class Tokenizer:
     self._special = {p: i for i, p in enumerate(pieces) if types[i] == CONTROL
                      and p.startswith("<") and not p.startswith("<unused")}
     self._added: dict[str, int] = {}
+    self._added_names: dict[int, str] = {}  # (the reverse of _added)
     self._pattern = None
     self._rebuild_pattern()
 
@@ -104,6 +105,7 @@ class Tokenizer:
       if t in self._special or t in self._added:
         raise ValueError(f"token {t!r} is already in the vocabulary")
       self._added[t] = self.vocab_size
+      self._added_names[self._added[t]] = t
       ids.append(self._added[t])
     self._rebuild_pattern()
     return ids
@@ -135,7 +137,7 @@ class Tokenizer:
 
   def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
     out, run = [], []
-    reverse = {i: t for t, i in self._added.items()}
+    reverse = self._added_names
     for i in map(int, ids):
       if i in reverse or (i < self.base_size and self._sp.is_control(i)):
         if run:

@@ -91,12 +91,11 @@ def sample_paths(model, batch, index, *, group: int, key: jax.Array | None,
   is the sampler's own (the most confident open codebook of the path so far)."""
   if forced is not None and codes is None:
     raise ValueError("sample_paths(forced=...) needs the items' codes (codes=...)")
-  force = (lambda level: None) if forced is None else (lambda level: codes[forced, level])
+  forced_codes = None if forced is None else codes[forced]  # [B, G, L]
   if index.kind == "prefix":
-    return _sample_prefix(model, batch, index, group, key, temperature, force)
+    return _sample_prefix(model, batch, index, group, key, temperature, forced_codes)
   if index.kind == "sets":
-    return _sample_sets(model, batch, index, group, key, temperature, force,
-                        None if forced is None else codes[forced])
+    return _sample_sets(model, batch, index, group, key, temperature, forced_codes)
   raise ValueError(f"GRPO samples paths of generators; a {index.kind!r} index (a model "
                    "that scores items directly) has no paths to sample")
 
@@ -105,7 +104,13 @@ def _fold(key, step):
   return None if key is None else jax.random.fold_in(key, step)
 
 
-def _sample_prefix(model, batch, index, group, key, temperature, force) -> Rollout:
+def _level(forced_codes, level):
+  """The forced items' codes at ``level`` (None when nothing is forced)."""
+  return None if forced_codes is None else forced_codes[..., level]
+
+
+def _sample_prefix(model, batch, index, group, key, temperature,
+                   forced_codes) -> Rollout:
   b = batches.batch_size(batch)
   state = model.start_decoding(batch, group)
   node = jnp.broadcast_to(index.root(b), (b, group))
@@ -114,7 +119,8 @@ def _sample_prefix(model, batch, index, group, key, temperature, force) -> Rollo
   for step in range(len(index.widths)):
     log_probs, state = model.decode_level(state, tokens, step)
     cand, valid = index.allowed(node, step)
-    slot = _draw(_fold(key, step), log_probs, cand, valid, temperature, force(step))
+    slot = _draw(_fold(key, step), log_probs, cand, valid, temperature,
+                 _level(forced_codes, step))
     node = index.advance(node, step, parent, slot)
     tokens = jnp.take_along_axis(cand, slot[..., None], -1)[..., 0]
     slots.append(slot), cands.append(cand), valids.append(valid)
@@ -124,7 +130,7 @@ def _sample_prefix(model, batch, index, group, key, temperature, force) -> Rollo
                  rewards_lib.Paths(item=index.item(node), order=order))
 
 
-def _sample_sets(model, batch, index, group, key, temperature, force,
+def _sample_sets(model, batch, index, group, key, temperature,
                  forced_codes) -> Rollout:
   b = batches.batch_size(batch)
   m = len(index.sizes)
@@ -175,7 +181,8 @@ def _sample_sets(model, batch, index, group, key, temperature, force,
     cand = jnp.broadcast_to(jnp.arange(index.dedup_size, dtype=jnp.int32),
                             (b, group, index.dedup_size))
     valid = index.carried(alive, m)
-    slot = _draw(_fold(key, m), log_probs, cand, valid, temperature, force(m))
+    slot = _draw(_fold(key, m), log_probs, cand, valid, temperature,
+                 _level(forced_codes, m))
     alive = jnp.where((alive >= 0) & (index.codes[jnp.maximum(alive, 0), m]
                                       == slot[..., None]), alive, -1)
     slots.append(slot), cands.append(cand), valids.append(valid)
