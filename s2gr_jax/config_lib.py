@@ -133,7 +133,124 @@ def base_config() -> ml_collections.ConfigDict:
   # Optional Weights & Biases logging (pip install 's2gr_jax[wandb]'); off = never imported.
   c.wandb = ml_collections.ConfigDict(dict(
       enabled=False, project="s2gr_jax", entity="", name="", mode="online"))
+
+  # SIDReasoner (model.name='sidreasoner', s2gr_jax/lm/reasoner.py): `stage` runs one
+  # of its stages ('align' | 'activate' | 'rl' | 'eval') after tokenize; '' runs
+  # config.stages. `reasoner.lm`: 'gemma3_270m' (GGUF fetched on first use, or
+  # `lm_path`) | 'tiny' (random tiny LM, byte vocabulary: tests). LoRA with
+  # `lora_rank` > 0 (`train_embeddings`: the tied embedding trains too, which the new
+  # SID tokens need); `max_history`: the items in training prompts; `bucket`: batches
+  # padded to a multiple of it (0: to seq_len). Per stage: `steps` (0 skips it),
+  # `max_examples` (0: every sample, else a seeded subset). `align.streams`: a subset of
+  # lm/corpus.py's STREAMS, `align.weights`: 'stream=weight,...' mixing; `narratives` /
+  # `activate.rationales`: user JSON-lines files. `rl`: GRPO (lm/lm_grpo.py): `group`
+  # rollouts of `batch_users` prompts a step, thoughts <= `think_tokens`, gradients in
+  # `micro_batch` rows; `val_think`: validate in thinking mode. `eval`: `users` (0 =
+  # all) scored for every row, `models`, `modes` ('plain','think'), `protocols`
+  # ('spec': history <= data.max_history, 'sidr': <= 10), `splits`, `compare`
+  # ('label=workdir,...': runs on the same SIDs, e.g. TIGER and S2GR, scored on the
+  # same users).
+  c.stage = ""
+  c.reasoner = ml_collections.ConfigDict(dict(
+      lm="gemma3_270m", lm_path="", lora_rank=16, lora_alpha=32.0, train_embeddings=True,
+      dtype="float32", remat=False, max_history=10, seq_len=384, bucket=64, chunk=256,
+      val_examples=256,
+      align=dict(streams=",".join(_corpus_streams()), weights="", narratives="",
+                 max_examples=0, steps=3000, batch_size=8, lr=3e-4, warmup=20,
+                 eval_every=500, log_every=50, patience=3, stop_at_step=-1),
+      activate=dict(rationales="", max_examples=0, steps=1000, batch_size=8, lr=1e-4,
+                    warmup=10, eval_every=250, log_every=50, patience=5, stop_at_step=-1),
+      rl=dict(steps=200, batch_users=4, group=16, lr=1e-5, warmup=0, kl_coef=0.001,
+              temperature=1.0, think_tokens=96, micro_batch=8, max_prompt=256,
+              max_examples=0, val_users=200, val_think=True, eval_every=50, log_every=5,
+              patience=0, stop_at_step=-1),
+      eval=dict(users=0, batch_size=8, think_tokens=96, models="base,align,activate,rl",
+                modes="plain,think", protocols="spec,sidr", splits="test,val",
+                compare="", keep_thoughts=20)))
   return c
+
+
+def _corpus_streams():
+  from s2gr_jax.lm import corpus  # pylint: disable=g-import-not-at-top
+  return corpus.STREAMS
+
+
+def validate_reasoner(config: ml_collections.ConfigDict) -> None:
+  """The SIDReasoner keys (``reasoner.*``): values and combinations."""
+  from s2gr_jax.lm import corpus  # pylint: disable=g-import-not-at-top
+  from s2gr_jax.lm import reasoner  # pylint: disable=g-import-not-at-top
+  r = config.reasoner
+  _choice("reasoner.lm", r.lm, ("gemma3_270m", "tiny"))
+  streams = [x.strip() for x in str(r.align.streams).split(",") if x.strip()]
+  bad = [x for x in streams if x not in corpus.STREAMS]
+  if bad or not streams:
+    raise ValueError(f"config.reasoner.align.streams={r.align.streams!r}: unknown "
+                     f"{bad}; available: {list(corpus.STREAMS)}")
+  for what, spec, allowed in (("models", r.eval.models, ("base",) + reasoner.TRAINED),
+                              ("modes", r.eval.modes, reasoner.MODES),
+                              ("protocols", r.eval.protocols, reasoner.PROTOCOLS),
+                              ("splits", r.eval.splits, ("test", "val"))):
+    reasoner._names(spec, allowed, what)  # pylint: disable=protected-access
+  if r.rl.steps > 0 and (r.rl.batch_users * r.rl.group) % r.rl.micro_batch:
+    raise ValueError(f"config.reasoner.rl: batch_users x group = "
+                     f"{r.rl.batch_users * r.rl.group} rollouts do not split into "
+                     f"micro_batch={r.rl.micro_batch} rows")
+  for key in ("lora_rank", "max_history", "seq_len", "val_examples"):
+    if int(r[key]) < (0 if key == "lora_rank" else 1):
+      raise ValueError(f"config.reasoner.{key}={r[key]} must be positive")
+  for key, value in (("reasoner.eval.compare", r.eval.compare),
+                     ("reasoner.align.narratives", r.align.narratives),
+                     ("reasoner.activate.rationales", r.activate.rationales)):
+    if value and key.endswith(("narratives", "rationales")):
+      require_local_path(f"config.{key}", value)
+
+
+def sidreasoner_recipe(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
+  """``configs/sidreasoner_{scientific,beauty}.py``: SIDReasoner on Gemma 3 270M over
+  CoBa SIDs of the MiniLM text vectors (3 x 256 + de-dup), S2GR's tokenizer.
+
+  Default: the full recipe (every stream, 3,000 + 1,000 SFT steps, 200 GRPO steps,
+  every user evaluated): a GPU job. ``:cpu``: what a 2-core CPU allows in about an
+  hour and a half (the SID streams, LoRA, short stages, 500 evaluation users);
+  ``:tiny``: the random tiny LM, a few steps of each stage (tests, a first look).
+  """
+  c = base_config()
+  c.data.name = dataset
+  c.data.length_buckets = (3, 5, 8, 12, 20)
+  c.tokenizer.embedding = "text"
+  c.tokenizer.kind = "coba"
+  c.model.name = "sidreasoner"
+  c.stages = "tokenize,align,activate,rl,eval"
+  c.eval.update(batch_size=64, beam_size=20)
+
+  def cpu(c):  # what fits about 75 minutes of a 2-core CPU (docs/results.md)
+    c.reasoner.align.update(streams="sid_history_to_sid,title_to_sid,sid_to_title",
+                            steps=200, eval_every=100, log_every=20)
+    c.reasoner.activate.update(steps=40, eval_every=20, log_every=10)
+    c.reasoner.rl.update(steps=3, batch_users=1, group=16, micro_batch=8,
+                         think_tokens=32, val_users=50, eval_every=3, log_every=1)
+    c.reasoner.update(val_examples=96)
+    c.reasoner.eval.update(users=200, think_tokens=32, batch_size=10, splits="test",
+                           protocols="sidr")
+
+  def tiny(c):
+    c.data.update(max_history=5, length_buckets=(3, 5))
+    c.tokenizer.update(embedding="text_tfidf", embedding_dim=32, kind="rqkmeans",
+                       codebook_size=16)
+    c.reasoner.update(lm="tiny", lora_rank=4, max_history=3, seq_len=512, bucket=64,
+                      val_examples=8)
+    c.reasoner.align.update(streams="sid_history_to_sid,title_to_sid,sid_to_title",
+                            max_examples=64, steps=6, batch_size=4, eval_every=3,
+                            log_every=3, warmup=1)
+    c.reasoner.activate.update(max_examples=32, steps=4, batch_size=4, eval_every=2,
+                               log_every=2, warmup=1)
+    c.reasoner.rl.update(steps=2, batch_users=2, group=4, micro_batch=4, think_tokens=6,
+                         max_prompt=384, max_examples=32, val_users=4, eval_every=1,
+                         log_every=1)
+    c.reasoner.eval.update(users=6, think_tokens=6, batch_size=3, keep_thoughts=2)
+    c.eval.update(batch_size=6, beam_size=20)
+
+  return apply_preset(c, arg, {"cpu": cpu, "tiny": tiny})
 
 
 def update_models(config: ml_collections.ConfigDict, names=None, **values) -> None:
@@ -251,14 +368,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice("tokenizer.embedding", config.tokenizer.embedding,
           ("attributes", "text_tfidf", "text", "npy"))
   _choice("tokenizer.kind", config.tokenizer.kind, quantizers.KINDS)
-  _choice("model.name", config.model.name, tuple(models.REGISTRY))
+  _choice("model.name", config.model.name, tuple(models.REGISTRY) + (stages.REASONER,))
+  if config.model.name == stages.REASONER:
+    validate_reasoner(config)
   _choice("model.kernels", config.model.kernels, ("auto", "cpu", "plain"))
   for name in models.REGISTRY:  # a key a model does not take fails, naming the model
     if name not in config.model:
       raise ValueError(f"config.model has no section {name!r} (config.model.{name})")
     models.check_section(name, config.model[name].to_dict())
   section = f"model.{config.model.name}"
-  model = config.model[config.model.name]
+  model = config.model.get(config.model.name, ml_collections.ConfigDict())
   if "dtype" in model:
     _choice(f"{section}.dtype", model.dtype, ("float32", "bfloat16"))
   _positive(config, *(f"{section}.{k}" for k in (
@@ -315,7 +434,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if min(coba.uniformity_weight, coba.balance_gamma, coba.restart_every) < 0:
     raise ValueError("config.tokenizer.coba weights and periods must be >= 0")
   rl = config.get("rl")  # (absent from the config.json of older runs)
-  if rl is not None and (rl.enabled or "rl" in names):
+  if config.model.name == stages.REASONER:
+    if rl is not None and rl.enabled:
+      raise ValueError("config.rl.* is the GRPO stage of the SID generators; SIDReasoner's "
+                       "is its stage 'rl' with the keys config.reasoner.rl.*")
+  elif rl is not None and (rl.enabled or "rl" in names):
     _positive(config, "rl.group_size", "rl.batch_size", "rl.num_steps", "rl.log_every",
               "rl.eval_every", "rl.checkpoint_every", "rl.updates_per_sample",
               "rl.temperature", "rl.msra_items")

@@ -85,7 +85,7 @@ def run(config, workdir: str) -> dict:
       stage.run(ctx)
       if ctx.stopped:
         return {}
-    if "evaluate" not in [s.name for s in plan]:
+    if not {"evaluate", "eval"} & {s.name for s in plan}:
       log.info("Stages %s done; the Semantic IDs are in %s", config.stages,
                fileio.join(workdir, "sid"))
     return ctx.results

@@ -107,9 +107,12 @@ class RunContext:
   rows: dict[str, dict[str, dict]] = dataclasses.field(
       default_factory=lambda: {s: {} for s in SPLITS})  # split → row label → metrics
   baseline_metrics: dict[str, dict] | None = None  # split → baseline → metrics
+  lm: Any = None  # SIDReasoner's language model setup (lm/reasoner.py), once built
 
   @property
   def entry(self) -> models.Entry:
+    if self.config.model.name == REASONER:  # an LM over ordered SIDs: prefix search
+      return models.Entry(config=None, module=None, search="prefix")
     return models.get(self.config.model.name)
 
   def need_table(self, stage: str) -> table_lib.SidTable:
@@ -604,15 +607,21 @@ STAGES: dict[str, type] = {"tokenize": Tokenize, "train": Train, "evaluate": Eva
                            "rl": Reinforce}
 
 
-def parse(spec: str) -> list[str]:
+# SIDReasoner (``model.name = 'sidreasoner'``, ``lm/reasoner.py``): its stages after
+# ``tokenize`` are the language model's.
+REASONER = "sidreasoner"
+
+
+def parse(spec: str, available=None) -> list[str]:
   """``config.stages`` ("tokenize,train,evaluate") → stage names, checked."""
+  available = STAGES if available is None else available
   names = [s.strip() for s in str(spec).split(",") if s.strip()]
   if not names:
     raise ValueError("config.stages is empty; e.g. 'tokenize,train,evaluate'")
-  unknown = [n for n in names if n not in STAGES]
+  unknown = [n for n in names if n not in available]
   if unknown:
     raise ValueError(f"config.stages={spec!r}: unknown stage {unknown[0]!r}; available: "
-                     f"{list(STAGES)}")
+                     f"{list(available)}")
   if names[0] != "tokenize":
     raise ValueError(f"config.stages={spec!r} must start with 'tokenize' (the Semantic "
                      "IDs every later stage reads; it reuses them when they exist)")
@@ -622,7 +631,20 @@ def parse(spec: str) -> list[str]:
 def plan(config) -> list[str]:
   """The stages a run takes: ``config.stages``, and with ``rl.enabled`` the GRPO stage
   and its evaluation after them (without 'train' when ``rl.init_from`` names the
-  supervised run)."""
+  supervised run). SIDReasoner: ``config.stage`` ('align', 'activate', 'rl', 'eval')
+  runs that one stage after ``tokenize``; '' runs ``config.stages``."""
+  if config.model.name == REASONER:
+    from s2gr_jax.lm import reasoner  # pylint: disable=g-import-not-at-top
+    one = str(config.get("stage", "") or "")
+    if one:
+      if one not in reasoner.STAGES:
+        raise ValueError(f"config.stage={one!r}: expected one of {list(reasoner.STAGES)} "
+                         "(or '' for all of config.stages)")
+      return ["tokenize", one]
+    return parse(config.stages, ("tokenize",) + reasoner.STAGES)
+  if config.get("stage"):
+    raise ValueError(f"config.stage={config.stage!r} selects a SIDReasoner stage; "
+                     f"model.name={config.model.name!r} runs config.stages")
   names = parse(config.stages)
   rl = config.get("rl")
   if rl is not None and rl.enabled:
@@ -634,4 +656,7 @@ def plan(config) -> list[str]:
 
 
 def from_config(config) -> list[Stage]:
+  if config.model.name == REASONER:
+    from s2gr_jax.lm import reasoner  # pylint: disable=g-import-not-at-top
+    return [Tokenize() if n == "tokenize" else reasoner.stage(n) for n in plan(config)]
   return [STAGES[name]() for name in plan(config)]

@@ -110,3 +110,11 @@ def test_mixing_weights_and_user_files(tmp_path):
   bad.write_text('{"txt": 1}\n')
   with pytest.raises(errors.DataError, match="'text'"):
     corpus.read_texts(str(bad), "narrative")
+
+
+def test_category_paths_as_nested_lists_read_as_names():
+  """Beauty's item_text.json stores categories as a list of paths."""
+  text = [{"title": "Polish", "categories": [["Beauty", "Makeup", "Nails"]]}]
+  assert corpus._categories(text, 1) == ["Beauty", "Makeup", "Nails"]  # pylint: disable=protected-access
+  assert "Categories: Beauty > Makeup > Nails." in corpus.item_description(
+      text, 1, lambda i: "<a_0>")

@@ -32,18 +32,7 @@ def tiny(seed=0, **overrides):
   return gemma.Gemma3(gemma.GemmaConfig.tiny(**overrides), rngs=nnx.Rngs(seed))
 
 
-def byte_vocab(words=("he", "ll", "llo", "hello")):
-  """A small SentencePiece vocabulary: Gemma's first special tokens, byte fallback for
-  everything, and the pieces that BPE merges into "hello"."""
-  pieces = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>",
-            "<end_of_turn>"]
-  types = [tok_lib.CONTROL] * len(pieces)
-  pieces += [f"<0x{i:02X}>" for i in range(256)]
-  types += [tok_lib.BYTE] * 256
-  pieces += ["▁", "h", "e", "l", "o", "w", "r", "d", "t"] + list(words)
-  types += [tok_lib.NORMAL] * (9 + len(words))
-  scores = [0.0] * 263 + [-float(i) for i in range(len(pieces) - 263)]
-  return pieces, scores, types
+byte_vocab = tok_lib.byte_vocab
 
 
 def test_cached_decoding_equals_the_full_forward_pass():

@@ -95,7 +95,9 @@ def _title(item_text, item: int) -> str:
 def _categories(item_text, item: int) -> list[str]:
   rec = item_text[item - 1] if item_text is not None else None
   cats = (rec or {}).get("categories") or ""
-  if isinstance(cats, (list, tuple)):
+  if isinstance(cats, (list, tuple)):  # a list of names, or of paths (Beauty's)
+    if cats and isinstance(cats[0], (list, tuple)):
+      cats = cats[0]
     cats = ",".join(map(str, cats))
   return [c.strip() for c in str(cats).split(",") if c.strip()]
 
@@ -126,10 +128,8 @@ def alignment_samples(sequences: Sequence[Sequence[int]], item_text, sid_text:
     sids = ", ".join(sid_text(i) for i in hist)
     titles = _quoted([_title(item_text, i) for i in hist])
     if "sid_history_to_sid" in streams:
-      out.append(Sample("sid_history_to_sid", sid_text(target), system=(
-          f"{INSTRUCTION}\nPredict the next item the user will interact with."),
-          user=f"The user interacted with the items {sids}, in this order. Which item "
-          "will they interact with next?"))
+      system, user = next_sid_messages(sids)
+      out.append(Sample("sid_history_to_sid", sid_text(target), system=system, user=user))
     if "sid_history_to_title" in streams:
       out.append(Sample("sid_history_to_title", _title(item_text, target), system=(
           f"{INSTRUCTION}\nRecommend the next item from the user's history."),
@@ -215,14 +215,27 @@ def reasoning_samples(sequences, item_text, sid_text, *, max_history: int = 10,
   for user, pos, hist, target in history_pairs(sequences, max_history):
     sids = ", ".join(sid_text(i) for i in hist)
     why = given.get((user, pos)) or rationale(item_text, hist, target)
+    system, user = reasoning_messages(sids)
     out.append(Sample("reasoning", f"{THINK_OPEN}\n{why}\n{THINK_CLOSE}\n\n"
-                      f"{sid_text(target)}", system=(
-                          f"{INSTRUCTION}\nRecommend the next item from the user's "
-                          "history."),
-                      user=f"The user interacted with the items {sids}, in this order. "
-                      "Think step by step about what they will want next, then answer "
-                      "with the item's semantic ID."))
+                      f"{sid_text(target)}", system=system, user=user))
   return out
+
+
+def next_sid_messages(sids: str) -> tuple[str, str]:
+  """(system, user) of the next-SID question over a history of SIDs (``", "``-joined):
+  stage 1's ``sid_history_to_sid`` and the non-thinking evaluation."""
+  return (f"{INSTRUCTION}\nPredict the next item the user will interact with.",
+          f"The user interacted with the items {sids}, in this order. Which item will "
+          "they interact with next?")
+
+
+def reasoning_messages(sids: str) -> tuple[str, str]:
+  """(system, user) of the think-then-SID question: stage 2, GRPO and the thinking
+  evaluation."""
+  return (f"{INSTRUCTION}\nRecommend the next item from the user's history.",
+          f"The user interacted with the items {sids}, in this order. Think step by "
+          "step about what they will want next, then answer with the item's semantic "
+          "ID.")
 
 
 def mix(samples: Sequence[Sample], weights: dict[str, float], seed: int = 0) -> list[Sample]:
@@ -248,13 +261,21 @@ def mix(samples: Sequence[Sample], weights: dict[str, float], seed: int = 0) -> 
   return [out[i] for i in rng.permutation(len(out))]
 
 
-def render(sample: Sample, tok) -> tuple[list[int], list[int]]:
+EMPTY_THINK = f"{THINK_OPEN}\n{THINK_CLOSE}\n\n"  # the non-thinking answer's start
+
+
+def render(sample: Sample, tok, empty_think: bool = False) -> tuple[list[int], list[int]]:
   """(prompt ids, answer ids) with Gemma's chat template; a plain sample is all answer
-  (after ``<bos>``). The turn's end is part of the answer (the model learns to stop)."""
+  (after ``<bos>``). The turn's end is part of the answer (the model learns to stop).
+  With ``empty_think`` a chat answer that does not think starts after an empty think
+  block, which is part of the prompt (Qwen3's non-thinking mode, as upstream trains
+  stage 1; the non-thinking evaluation prompts the same way)."""
   from s2gr_jax.lm import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
   if sample.plain:
     return [tok_lib.BOS], tok.encode(sample.answer)
   prompt = tok.chat_prompt(sample.user, sample.system or None)
+  if empty_think and not sample.answer.startswith(THINK_OPEN):
+    prompt += EMPTY_THINK
   return (tok.encode(prompt, add_bos=True),
           tok.encode(sample.answer + tok_lib.END_OF_TURN))
 

@@ -173,12 +173,24 @@ def _flatten(tree: dict, prefix=()) -> dict[tuple, Any]:
   return out
 
 
+def place_like(old, new):
+  """``new`` as an array of ``old``'s dtype, on ``old``'s sharding when it has one (a
+  sharded state keeps its layout)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  if tuple(np.shape(old)) != tuple(np.shape(new)):
+    raise ValueError(f"shape {tuple(np.shape(new))} into {tuple(np.shape(old))}")
+  sharding = getattr(old, "sharding", None)
+  if isinstance(sharding, jax.sharding.Sharding):
+    return jax.device_put(np.asarray(new, old.dtype), sharding)
+  return jnp.asarray(new, old.dtype)
+
+
 def set_params(model: gemma.Gemma3, params: dict) -> None:
   """Copies ``params`` (``load_gguf``'s layout) into ``model``, shape by shape (LoRA
   adapters, not in ``params``, are left as they are)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   state = nnx.state(model, gemma.BASE_PARAMS)  # (LoRA adapters keep their values)
   have, given = _flatten(state.to_pure_dict()), _flatten(params)
   if set(given) != set(have):
@@ -190,12 +202,7 @@ def set_params(model: gemma.Gemma3, params: dict) -> None:
     if tuple(value.shape) != tuple(have[key].shape):
       raise ValueError(f"parameter {'/'.join(map(str, key))}: shape {value.shape}, the "
                        f"model has {have[key].shape}")
-  def place(old, new):
-    sharding = getattr(old, "sharding", None)  # (keep a sharded state's layout)
-    if isinstance(sharding, jax.sharding.Sharding):
-      return jax.device_put(np.asarray(new, old.dtype), sharding)
-    return jnp.asarray(new, old.dtype)
-  pure = jax.tree.map(place, state.to_pure_dict(), params)
+  pure = jax.tree.map(place_like, state.to_pure_dict(), params)
   nnx.replace_by_pure_dict(state, pure)
   nnx.update(model, state)
 

@@ -51,9 +51,16 @@ class Example:
   completion: tuple[int, ...]
 
 
-def pack(examples: Sequence[Example], seq_len: int) -> dict[str, np.ndarray]:
-  """A training batch: tokens, valid, targets, loss_mask [B, seq_len] (docstring)."""
+def pack(examples: Sequence[Example], seq_len: int,
+         bucket: int = 0) -> dict[str, np.ndarray]:
+  """A training batch: tokens, valid, targets, loss_mask [B, seq_len] (docstring).
+  With ``bucket`` > 0 the batch is only as long as its longest example, rounded up to
+  a multiple of ``bucket`` (at most ``seq_len``): short batches cost less, and the
+  step compiles once per length bucket."""
   b = len(examples)
+  if bucket > 0:
+    longest = max(len(e.prompt) + len(e.completion) - 1 for e in examples)
+    seq_len = min(seq_len, -(-max(longest, 1) // bucket) * bucket)
   out = {"tokens": np.full((b, seq_len), tok_lib.PAD, np.int32),
          "valid": np.zeros((b, seq_len), bool),
          "targets": np.full((b, seq_len), tok_lib.PAD, np.int32),
@@ -67,43 +74,45 @@ def pack(examples: Sequence[Example], seq_len: int) -> dict[str, np.ndarray]:
     out["valid"][i, :n] = True
     out["targets"][i, :n] = seq[1:]
     out["loss_mask"][i, :n] = is_completion[1:]
+  if bucket > 0:  # where the loss is: the head is computed there only (completion_loss)
+    at = np.flatnonzero(out["loss_mask"].reshape(-1)).astype(np.int32)
+    size = -(-max(len(at), 1) // bucket) * bucket
+    out["loss_at"] = np.concatenate([at, np.full(size - len(at), -1, np.int32)])
   return out
 
 
 class PackBatch(grain.transforms.Map):
   """Indices → a packed batch (a grain transform)."""
 
-  def __init__(self, examples: Sequence[Example], seq_len: int):
-    self.examples, self.seq_len = examples, seq_len
+  def __init__(self, examples: Sequence[Example], seq_len: int, bucket: int = 0):
+    self.examples, self.seq_len, self.bucket = examples, seq_len, bucket
 
   def map(self, index):
-    return pack([self.examples[int(i)] for i in np.asarray(index)], self.seq_len)
+    return pack([self.examples[int(i)] for i in np.asarray(index)], self.seq_len,
+                self.bucket)
 
 
 def dataset(examples: Sequence[Example], batch_size: int, seq_len: int, seed: int,
-            repeat: bool = True):
+            repeat: bool = True, bucket: int = 0):
   """Shuffled (every epoch) batches of ``examples``, as a checkpointable grain stream."""
   if len(examples) < batch_size:
     raise ValueError(f"{len(examples)} examples, fewer than one batch of {batch_size}")
   ds = grain.MapDataset.range(len(examples)).seed(seed).shuffle()
   if repeat:
     ds = ds.repeat()
-  ds = ds.batch(batch_size, drop_remainder=True).map(PackBatch(examples, seq_len))
+  ds = ds.batch(batch_size, drop_remainder=True).map(PackBatch(examples, seq_len, bucket))
   return ds.to_iter_dataset()
 
 
-def completion_loss(model: gemma.Gemma3, batch, chunk: int = 256):
-  """Mean next-token cross-entropy over the ``loss_mask``-ed targets, and their count."""
-  hidden = model.hidden(batch["tokens"], batch["valid"])  # [B, T, D]
-  d = hidden.shape[-1]
-  h = hidden.reshape(-1, d)
-  targets = batch["targets"].reshape(-1)
-  mask = batch["loss_mask"].reshape(-1).astype(jnp.float32)
-  n = h.shape[0]
-  chunk = min(chunk, n)
+def next_token_nll(model: gemma.Gemma3, hidden: jax.Array, targets: jax.Array,
+                   chunk: int = 256) -> jax.Array:
+  """-log p(target) float32[N] of hidden states [N, D] through the tied head, in chunks
+  (each chunk's logits are recomputed in the backward pass, never stored)."""
+  n, d = hidden.shape
+  chunk = max(min(chunk, n), 1)
   pad = (-n) % chunk
-  h = jnp.pad(h, ((0, pad), (0, 0))).reshape(-1, chunk, d)
-  targets = jnp.pad(targets, (0, pad)).reshape(-1, chunk)
+  h = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk, d)
+  t = jnp.pad(targets, (0, pad)).reshape(-1, chunk)
   embed = model.embed.embedding[...]
 
   @jax.checkpoint
@@ -114,7 +123,24 @@ def completion_loss(model: gemma.Gemma3, batch, chunk: int = 256):
     picked = jnp.take_along_axis(logits, t_c[:, None], -1)[:, 0]
     return jax.nn.logsumexp(logits, -1) - picked
 
-  nll = jax.lax.map(one, (h, targets)).reshape(-1)[:n]
+  return jax.lax.map(one, (h, t)).reshape(-1)[:n]
+
+
+def completion_loss(model: gemma.Gemma3, batch, chunk: int = 256):
+  """Mean next-token cross-entropy over the ``loss_mask``-ed targets, and their count.
+  With ``loss_at`` in the batch (``pack(bucket=...)``: the flat positions of the
+  masked targets, -1 padded) the 262k-wide head runs at those positions only, the same
+  loss for a fraction of the cost when prompts are long and answers short."""
+  hidden = model.hidden(batch["tokens"], batch["valid"])  # [B, T, D]
+  h = hidden.reshape(-1, hidden.shape[-1])
+  targets = batch["targets"].reshape(-1)
+  mask = batch["loss_mask"].reshape(-1).astype(jnp.float32)
+  if "loss_at" in batch:
+    at = batch["loss_at"]
+    keep = jnp.maximum(at, 0)
+    h, targets = h[keep], targets[keep]
+    mask = jnp.where(at >= 0, mask[keep], 0.0)
+  nll = next_token_nll(model, h, targets, chunk)
   count = mask.sum()
   return (nll * mask).sum() / jnp.maximum(count, 1.0), count
 
@@ -135,9 +161,33 @@ def make_step(graphdef, wrt=nnx.Param, chunk: int = 256):
   return jax.jit(step, donate_argnums=0)
 
 
+def trainable(cfg: gemma.GemmaConfig, embeddings: bool = False):
+  """The parameters fine-tuning updates: the LoRA adapters (``cfg.lora_rank`` > 0) or
+  every parameter; with ``embeddings`` the (tied) embedding matrix too, as LoRA must
+  when tokens were added (new SID tokens start as one shared mean row: without
+  training it they stay indistinguishable)."""
+  if not cfg.lora_rank:
+    return nnx.Param
+  if embeddings:
+    return nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.PathContains("embedding")))
+  return nnx.LoRAParam
+
+
+def copy_weights(model: gemma.Gemma3, source: gemma.Gemma3) -> None:
+  """Copies every parameter of ``source`` (a model of the same config) into ``model``,
+  keeping ``model``'s shardings."""
+  theirs = nnx.state(source, nnx.Param).to_pure_dict()
+  mine = nnx.state(model, nnx.Param)
+  pure = jax.tree.map(gguf_io.place_like, mine.to_pure_dict(), theirs)
+  nnx.replace_by_pure_dict(mine, pure)
+  nnx.update(model, mine)
+
+
 def make_optimizer(lr: float, warmup: int, total: int, weight_decay: float = 0.0,
                    clip: float = 1.0):
-  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(total, 2),
+  total = max(int(total), 2)
+  warmup = min(max(int(warmup), 1), total - 1)  # (a short run: warmup within it)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total,
                                                 end_value=lr * 0.1)
   return optax.chain(optax.clip_by_global_norm(clip),
                      optax.adamw(schedule, weight_decay=weight_decay))
@@ -176,33 +226,40 @@ def fine_tune(cfg: gemma.GemmaConfig, params: dict | None, train_examples, val_e
               workdir: str, *, batch_size: int = 8, seq_len: int = 256, lr: float = 1e-4,
               warmup: int = 10, num_steps: int = 100, log_every: int = 10,
               eval_every: int = 50, seed: int = 0, mesh=None, chunk: int = 256,
-              stop_at_step: int = -1):
-  """Fine-tunes (``cfg.lora_rank`` > 0: LoRA; else every parameter) from ``params``
-  (``gguf_io.load_gguf``'s layout; None: random weights) and returns the loop's result
-  (``train.LoopResult``) and the model state of the best validation loss."""
+              stop_at_step: int = -1, init_model: gemma.Gemma3 | None = None,
+              wrt=None, bucket: int = 0, patience: int = 0):
+  """Fine-tunes (``cfg.lora_rank`` > 0: LoRA; else every parameter; ``wrt``: the
+  parameters a filter selects, e.g. ``trainable(cfg, embeddings=True)``) from ``params``
+  (``gguf_io.load_gguf``'s layout), or from ``init_model`` (a model of this ``cfg``,
+  e.g. an earlier stage's), or random weights when neither, and returns the loop's
+  result (``train.LoopResult``) and the model state of the best validation loss. A
+  workdir with a checkpoint resumes from it (the starting weights are then unused)."""
   from s2gr_jax import metric_writer  # pylint: disable=g-import-not-at-top
   if mesh is None:
     mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,
                                                              rules=())))
-  wrt = nnx.LoRAParam if cfg.lora_rank else nnx.Param
+  wrt = wrt if wrt is not None else trainable(cfg)
   tx = make_optimizer(lr, warmup, num_steps)
   graphdef, model_graphdef, state = train_lib.create_state(
       lambda rngs: gemma.Gemma3(cfg, rngs=rngs), tx, seed, mesh, wrt=wrt)
   ckpts = ckpt_lib.Checkpoints(workdir, 2)
-  if params is not None and ckpts.latest_step() is None:
+  if ckpts.latest_step() is None and (params is not None or init_model is not None):
     model, opt = nnx.merge(graphdef, state)
-    gguf_io.set_params(model, params)
+    if params is not None:
+      gguf_io.set_params(model, params)
+    else:
+      copy_weights(model, init_model)
     state = nnx.split((model, opt))[1]
   val = [{k: jnp.asarray(v) for k, v in b.items()} for b in
          dataset(val_examples, min(batch_size, len(val_examples)), seq_len, seed,
-                 repeat=False)]
+                 repeat=False, bucket=bucket)]
   writer = metric_writer.MetricWriter(workdir)
   try:
     result = train_lib.train_loop(
         loop_config(num_steps=num_steps, log_every=log_every, eval_every=eval_every,
-                    seed=seed, stop_at_step=stop_at_step),
+                    seed=seed, stop_at_step=stop_at_step, patience=patience),
         train_step=make_step(graphdef, wrt, chunk), state=state, mesh=mesh,
-        train_ds=dataset(train_examples, batch_size, seq_len, seed),
+        train_ds=dataset(train_examples, batch_size, seq_len, seed, bucket=bucket),
         validate=evaluator(model_graphdef, val, chunk), ckpts=ckpts, writer=writer,
         examples_per_step=batch_size)
     best = result.state[0]

@@ -30,6 +30,20 @@ START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
+def byte_vocab(words: Sequence[str] = ("he", "ll", "llo", "hello")):
+  """(pieces, scores, types) of a small vocabulary for tests and ``:tiny`` runs on the
+  random tiny LM: Gemma's first special tokens (the same ids 0-4), the two chat-turn
+  tokens, byte fallback for every character, and a few pieces (``words``) BPE merges."""
+  pieces = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", START_OF_TURN, END_OF_TURN]
+  types = [CONTROL] * len(pieces)
+  pieces += [f"<0x{i:02X}>" for i in range(256)]
+  types += [BYTE] * 256
+  pieces += ["\u2581", "h", "e", "l", "o", "w", "r", "d", "t"] + list(words)
+  types += [NORMAL] * (9 + len(words))
+  scores = [0.0] * 263 + [-float(i) for i in range(len(pieces) - 263)]
+  return pieces, scores, types
+
+
 def read_vocab(path: str | os.PathLike[str]):
   """(pieces, scores, types) of the GGUF file's vocabulary."""
   import gguf  # pylint: disable=g-import-not-at-top

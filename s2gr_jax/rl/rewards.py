@@ -145,8 +145,9 @@ def prefix(paths: Paths, target: jax.Array, tables: RewardTables) -> jax.Array:
   same = _semantic(tables, paths.item) == _semantic(tables, target)[:, None]
   n = jnp.cumprod(same, axis=-1).sum(-1)
   levels = tables.semantic_levels
-  hit = jnp.where(n > 0, 2.0 ** (n - levels), 0.0)
-  return (hit + 0.1 * (paths.item > 0)).astype(jnp.float32)
+  real = paths.item > 0  # (no item: no reward; row 0 of the codes is not an item)
+  hit = jnp.where((n > 0) & real, 2.0 ** (n - levels), 0.0)
+  return (hit + 0.1 * real).astype(jnp.float32)
 
 
 def rank(paths: Paths, target: jax.Array, tables: RewardTables) -> jax.Array:
