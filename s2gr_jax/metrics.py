@@ -51,3 +51,17 @@ def add(a: dict | None, b: dict) -> dict:
   if a is None:
     return {k: np.asarray(v, np.float64) for k, v in b.items()}
   return {k: a[k] + np.asarray(b[k], np.float64) for k in a}
+
+
+# The columns of every results table (stages, the SIDReasoner evaluation).
+TABLE_COLUMNS = ("recall@1", "ndcg@1", "recall@5", "ndcg@5", "recall@10", "ndcg@10",
+                 "recall@20", "ndcg@20")
+
+
+def results_table(rows: dict[str, dict[str, float]]) -> str:
+  head = "| model | " + " | ".join(
+      c.replace("recall", "R").replace("ndcg", "N") for c in TABLE_COLUMNS) + " |"
+  lines = [head, "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
+  for name, m in rows.items():
+    lines.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in TABLE_COLUMNS) + " |")
+  return "\n".join(lines)

@@ -86,7 +86,7 @@ def run(config, workdir: str) -> dict:
       if ctx.stopped:
         return {}
     if not {"evaluate", "eval"} & {s.name for s in plan}:
-      log.info("Stages %s done; the Semantic IDs are in %s", config.stages,
+      log.info("Stages %s done; the Semantic IDs are in %s", ",".join(s.name for s in plan),
                fileio.join(workdir, "sid"))
     return ctx.results
   finally:

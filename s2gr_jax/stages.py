@@ -35,6 +35,7 @@ from s2gr_jax import decoding
 from s2gr_jax import evaluate as evaluate_lib
 from s2gr_jax import errors
 from s2gr_jax import fileio
+from s2gr_jax import metrics as metrics_lib
 from s2gr_jax import models
 from s2gr_jax import parallel
 from s2gr_jax import train as train_lib
@@ -50,8 +51,7 @@ from s2gr_jax.sid import table as table_lib
 
 log = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ("recall@1", "ndcg@1", "recall@5", "ndcg@5", "recall@10", "ndcg@10",
-                 "recall@20", "ndcg@20")
+TABLE_COLUMNS = metrics_lib.TABLE_COLUMNS
 SPLITS = ("test", "val")
 
 
@@ -61,13 +61,7 @@ def write_json(path, obj) -> None:
     fileio.write_json(path, obj, indent=2, sort_keys=True)
 
 
-def results_table(rows: dict[str, dict[str, float]]) -> str:
-  head = "| model | " + " | ".join(
-      c.replace("recall", "R").replace("ndcg", "N") for c in TABLE_COLUMNS) + " |"
-  lines = [head, "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
-  for name, m in rows.items():
-    lines.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in TABLE_COLUMNS) + " |")
-  return "\n".join(lines)
+results_table = metrics_lib.results_table
 
 
 # --- what the stages share ----------------------------------------------------------------

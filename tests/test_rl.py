@@ -121,6 +121,9 @@ def test_msra_future_items_come_from_the_training_part_only():
 def test_group_advantages_sum_to_zero_per_group():
   r = jax.random.uniform(jax.random.key(0), (5, 16))
   adv = grpo.group_advantages(r.at[2].set(0.3))  # one group with equal rewards
+  # equal rewards whose float mean is not exact (16 x 0.1) give exactly 0, not noise / eps
+  flat = grpo.group_advantages(jnp.full((1, 16), 0.1, jnp.float32))
+  assert float(jnp.abs(flat).max()) == 0.0
   np.testing.assert_allclose(np.asarray(adv.sum(-1)), 0, atol=1e-4)
   np.testing.assert_allclose(np.asarray(adv[2]), 0)
   np.testing.assert_allclose(np.asarray(adv.std(-1))[[0, 1, 3, 4]], 1, atol=1e-3)

@@ -211,9 +211,14 @@ def _users(ctx, n: int, salt: int = 0) -> np.ndarray:
                                                                       replace=False))
 
 
+def write_json(path, obj) -> None:
+  """A JSON output of the run, written by process 0 only."""
+  if jax.process_index() == 0:
+    fileio.write_json(path, obj, indent=2, sort_keys=True)
+
+
 def _write_summary(ctx, stage: str, info: dict) -> None:
-  from s2gr_jax import stages as stages_lib  # pylint: disable=g-import-not-at-top
-  stages_lib.write_json(fileio.join(stage_dir(ctx, stage), "summary.json"), info)
+  write_json(fileio.join(stage_dir(ctx, stage), "summary.json"), info)
 
 
 # --- stages 1 and 2: supervised fine-tuning ----------------------------------------------
@@ -587,7 +592,6 @@ class ReasonEval:
   name = "eval"
 
   def run(self, ctx) -> None:
-    from s2gr_jax import stages as stages_lib  # pylint: disable=g-import-not-at-top
     config, rcfg = ctx.config, ctx.config.reasoner
     e = rcfg.eval
     setup = setup_of(ctx)
@@ -652,9 +656,9 @@ class ReasonEval:
                  "sidr": f"SIDReasoner's window (history ≤ {SIDR_HISTORY})"}[protocol]
         tables.append(f"{s.capitalize()}, {title}: {ctx.dataset.name}, {len(users):,} "
                       f"users, full catalogue of {ctx.dataset.num_items:,} items, beam "
-                      f"{config.eval.beam_size}:\n\n" + stages_lib.results_table(table))
+                      f"{config.eval.beam_size}:\n\n" + metrics_lib.results_table(table))
     report = "\n\n".join(tables)
-    stages_lib.write_json(fileio.join(ctx.workdir, "results.json"), results)
+    write_json(fileio.join(ctx.workdir, "results.json"), results)
     if jax.process_index() == 0:
       fileio.write_text(fileio.join(ctx.workdir, "results.md"), report + "\n")
       fileio.write_text(fileio.join(ctx.workdir, "eval_thoughts.jsonl"),

@@ -232,10 +232,13 @@ def _unique_share(items: jax.Array) -> jax.Array:
 
 
 def group_advantages(rewards: jax.Array, eps: float = 1e-6) -> jax.Array:
-  """(r - mean) / (std + eps) within each user's group of G, float32[B, G]."""
+  """(r - mean) / (std + eps) within each user's group of G, float32[B, G]; 0 in a
+  group whose rewards are all equal (float rounding of their mean would otherwise be
+  divided by eps into a spurious advantage)."""
   mean = rewards.mean(-1, keepdims=True)
   std = rewards.std(-1, keepdims=True)
-  return (rewards - mean) / (std + eps)
+  same = (rewards == rewards[..., :1]).all(-1, keepdims=True)
+  return jnp.where(same, 0.0, (rewards - mean) / (std + eps))
 
 
 @dataclasses.dataclass(frozen=True)
