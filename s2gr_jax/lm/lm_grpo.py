@@ -126,11 +126,10 @@ def prefix_reward(items, targets, tables: rewards_lib.RewardTables) -> jax.Array
   return rewards_lib.prefix(paths, targets, tables)
 
 
-def make_step(graphdef, model_graphdef, settings: LmGrpoSettings, wrt, tx_lr=None):
+def make_step(graphdef, model_graphdef, settings: LmGrpoSettings, wrt):
   """(state, batch, base_key, ref_state, index, tables, level_ids) → (state, metrics),
   jitted, state donated; ``batch`` holds ``prompt_tokens``/``prompt_valid`` (prompts
   ending with ``<think>``) and ``target_item``."""
-  del tx_lr
   g, mb = settings.group, settings.micro_batch
 
   def step(state, batch, base_key, ref_state, index, tables, level_ids):
