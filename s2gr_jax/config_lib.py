@@ -111,6 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
   # step, so the best checkpoint kept is never worse on validation than where RL began.
   # `examples`: 'all' training examples, or 'last' (each user's last training target
   # only: with train.hold_out_last=True in the supervised run, examples it never saw).
+  # `sft_weight`: adds that times the target's negative log-likelihood on the same
+  # examples to the GRPO loss (0: pure GRPO).
   # The loop keys (num_steps, log_every, eval_every, checkpoint_every, patience,
   # stop_at_step) mean what train.* mean; checkpoints go to WORKDIR/rl/.
   c.rl = ml_collections.ConfigDict(dict(
@@ -118,7 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
       lr=1e-5, warmup_steps=0, weight_decay=0.0, grad_clip=1.0, kl_coef=0.001,
       clip_eps=0.2, updates_per_sample=2, temperature=1.0, rewards="auto",
       rollout="sample", examples="all", msra_items=3, msra_decay=0.5,
-      validate_at_start=True,
+      validate_at_start=True, sft_weight=0.0,
       log_every=10, eval_every=100, checkpoint_every=100, patience=0, stop_at_step=-1))
 
   c.eval = ml_collections.ConfigDict(dict(
@@ -445,9 +447,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if rl.group_size < 2:
       raise ValueError(f"config.rl.group_size={rl.group_size}: group-normalised "
                        "advantages need at least 2 paths per user")
-    if min(rl.lr, rl.kl_coef, rl.clip_eps, rl.weight_decay, rl.warmup_steps) < 0:
-      raise ValueError("config.rl.lr, kl_coef, clip_eps, weight_decay and warmup_steps "
-                       "must be >= 0")
+    if min(rl.lr, rl.kl_coef, rl.clip_eps, rl.weight_decay, rl.warmup_steps,
+           rl.sft_weight) < 0:
+      raise ValueError("config.rl.lr, kl_coef, clip_eps, weight_decay, warmup_steps and "
+                       "sft_weight must be >= 0")
     if not 0 < rl.msra_decay <= 1:
       raise ValueError(f"config.rl.msra_decay={rl.msra_decay} must be in (0, 1]")
     if rl.init_from:

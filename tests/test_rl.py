@@ -246,6 +246,36 @@ def test_zero_learning_rate_keeps_the_sft_policy(lr, rollout):
     assert float(metrics["unique_rate"]) == 1.0
 
 
+def test_sft_weight_adds_the_targets_likelihood_and_learns_it():
+  """rl.sft_weight: the logged NLL is the target's forced path's, it falls over steps on
+  one batch, and with the weight 0 nothing of it is computed."""
+  mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1,
+                                                           rules=())))
+  table = factories.sid_table(num_items=40)
+  graphdef, model_graphdef, state = _state(table, 1e-2, mesh)
+  sft = jax.tree.map(lambda x: x.copy(), state[0])
+  index = decoding.make_index(table, "prefix")
+  tables = rewards.RewardTables.from_table(table)
+  batch = factories.batch(table, batch_size=4)
+  model = nnx.merge(model_graphdef, state[0])
+  forced = grpo.sample_paths(model, batch, index, group=1, key=None,
+                             forced=batch["target_item"][:, None], codes=tables.codes)
+  assert np.array_equal(forced.paths.item[:, 0], batch["target_item"])
+  nll0 = -grpo.step_log_probs(model, batch, forced)[0].sum(-1)[:, 0]
+  w = np.asarray(batch["weight"])
+  settings = grpo.GrpoSettings(group=8, weights=(("global_path", 1.0),), sft_weight=1.0)
+  step = grpo.make_rl_step(graphdef, model_graphdef, settings)
+  nlls = []
+  for i in range(5):
+    state, metrics = step(state, batch, jax.random.key(i), sft, index, tables)
+    nlls.append(float(metrics["sft_nll"]))
+  assert nlls[0] == pytest.approx(float((nll0 * w).sum() / w.sum()), rel=1e-5)
+  assert nlls[-1] < nlls[0] - 0.1
+  plain = grpo.make_rl_step(graphdef, model_graphdef,
+                            grpo.GrpoSettings(group=8, weights=(("global_path", 1.0),)))
+  assert "sft_nll" not in plain(state, batch, jax.random.key(0), sft, index, tables)[1]
+
+
 # --- through the entry point ---------------------------------------------------------
 
 RL_KEYS = {"rl.enabled": True, "rl.batch_size": 32, "rl.group_size": 8, "rl.lr": 3e-4,

@@ -30,6 +30,11 @@ supervised step:
    per step, min(ρ A, clip(ρ, 1 ± ε) A), minus ``kl_coef`` × the k3 estimator
    exp(q - p) - (q - p) - 1 of KL(π ‖ π_SFT) per step (q: the frozen SFT policy's
    log-probability), averaged over steps, paths and users (weight-0 rows excluded).
+   With ``sft_weight`` λ > 0, plus λ × the negative log-likelihood of the example's
+   own target item along the sampler's steps (the target forced through
+   ``sample_paths``, each step renormalised over its allowed candidates): supervision
+   on the same examples, so GRPO on examples the supervised run held out
+   (``rl.examples='last'``) learns their targets as well as ranking them.
 
 Logged per step: the mean reward and each part, the hit rate (sampled item = target),
 KL, clip fraction (of the last update), entropy of the sampling distribution per step.
@@ -253,13 +258,15 @@ class GrpoSettings:
   rollout: str = "sample"
   weights: tuple[tuple[str, float], ...] = (("prefix", 1.0),)
   msra_decay: float = 0.5
+  sft_weight: float = 0.0
 
   @classmethod
   def from_config(cls, rl, search: str) -> "GrpoSettings":
     weights = rewards_lib.parse_weights(rl.rewards, search)
     return cls(group=rl.group_size, kl_coef=rl.kl_coef, clip_eps=rl.clip_eps,
                updates_per_sample=rl.updates_per_sample, temperature=rl.temperature,
-               rollout=rl.get("rollout", "sample"), weights=tuple(weights.items()), msra_decay=rl.msra_decay)
+               rollout=rl.get("rollout", "sample"), weights=tuple(weights.items()),
+               msra_decay=rl.msra_decay, sft_weight=float(rl.get("sft_weight", 0.0)))
 
 
 def make_optimizer(rl) -> optax.GradientTransformation:
@@ -300,6 +307,11 @@ def make_rl_step(graphdef, model_graphdef, settings: GrpoSettings, wrt=nnx.Param
       rollout = sample_paths(model, batch, index, group=s.group, key=key,
                              temperature=s.temperature)
     rollout = jax.lax.stop_gradient(rollout)
+    target_path = None
+    if s.sft_weight > 0:
+      target_path = jax.lax.stop_gradient(sample_paths(
+          model, batch, index, group=1, key=None, forced=batch["target_item"][:, None],
+          codes=tables.codes))
     total, parts = rewards_lib.combine(rollout.paths, targets_of(batch), tables, weights,
                                        s.msra_decay)
     adv = group_advantages(total)[..., None]  # [B, G, 1]
@@ -320,10 +332,15 @@ def make_rl_step(graphdef, model_graphdef, settings: GrpoSettings, wrt=nnx.Param
       d = ref - new
       kl = jnp.exp(d) - d - 1
       loss = mean(-(surrogate - s.kl_coef * kl))
-      return loss, {"kl": mean(kl), "entropy": mean(entropy),
-                    "clip_fraction": mean((jnp.abs(ratio - 1) > s.clip_eps)
-                                          .astype(jnp.float32)),
-                    "ratio": mean(ratio)}
+      aux = {"kl": mean(kl), "entropy": mean(entropy),
+             "clip_fraction": mean((jnp.abs(ratio - 1) > s.clip_eps)
+                                   .astype(jnp.float32)),
+             "ratio": mean(ratio)}
+      if target_path is not None:
+        nll = -step_log_probs(m, batch, target_path)[0].sum(-1)[:, 0]  # [B]
+        aux["sft_nll"] = (nll * w).sum() / jnp.maximum(w.sum(), 1.0)
+        loss = loss + s.sft_weight * aux["sft_nll"]
+      return loss, aux
 
     metrics = None
     for update in range(s.updates_per_sample):
@@ -334,6 +351,8 @@ def make_rl_step(graphdef, model_graphdef, settings: GrpoSettings, wrt=nnx.Param
                    "entropy": aux["entropy"]}
       metrics["clip_fraction"] = aux["clip_fraction"]  # the last update's
       metrics["ratio"] = aux["ratio"]
+      if "sft_nll" in aux and update == 0:
+        metrics["sft_nll"] = aux["sft_nll"]
       opt.update(model, grads)
     rows = jnp.maximum(w.sum(), 1.0)
     per_user = lambda x: (x.mean(-1) * w).sum() / rows
