@@ -9,6 +9,7 @@ then checks values and their combinations and names the key at fault.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 
 import ml_collections
@@ -261,6 +262,37 @@ def update_models(config: ml_collections.ConfigDict, names=None, **values) -> No
   for name in names or models.REGISTRY:
     section = config.model[name]
     section.update({k: v for k, v in values.items() if k in section})
+
+
+# Config keys that do not change a run's result (where files are, how it is shown): they
+# may differ between a run and its resumption (another machine, another data path).
+IGNORED_ON_RESUME = ("data.dir", "data.tfds_dir", "data.num_threads",
+                     "tokenizer.text_encoder_dir", "train.progress_bar", "wandb")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def comparable(config_dict: dict) -> dict:
+  """A config as flat JSON values, without the keys that do not change a result."""
+  flat = _flat(json.loads(json.dumps(config_dict)))
+  return {k: v for k, v in flat.items()
+          if not any(k == i or k.startswith(i + ".") for i in IGNORED_ON_RESUME)}
+
+
+def differences(a: dict, b: dict) -> list[str]:
+  """``key: old vs new`` for every result-changing key where configs ``a`` and ``b``
+  differ (a key only one of them has counts, with None for the other)."""
+  a, b = comparable(a), comparable(b)
+  return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b))
+          if a.get(k) != b.get(k)]
 
 
 # Model fields added after runs were saved whose default is not what those runs did:

@@ -3,7 +3,8 @@ evaluate) over one dataset, mesh and workdir.
 
 Output contract in the workdir (a local path or a ``gs://bucket/dir`` URL: ``fileio``):
 
-  config.json        the resolved config
+  config.json        the resolved config (config.previous.json: the one it replaced,
+                     when a rerun changed a value)
   environment.json   package versions, devices, git commit
   sid/               sid_table.npz, codebook_stats.json, fingerprint.json
   checkpoints/       last/ (resume) and best/ (selected on validation)
@@ -27,6 +28,7 @@ import jax
 
 from s2gr_jax import checkpoints as ckpt_lib
 from s2gr_jax import config_lib
+from s2gr_jax import errors
 from s2gr_jax import fileio
 from s2gr_jax import metric_writer
 from s2gr_jax import parallel
@@ -53,6 +55,40 @@ def _environment() -> dict:
           "machine": platform.machine(), "cpu_count": os.cpu_count()}
 
 
+# Keys that choose what a command does to a workdir (which stages, where to pause), not
+# what it computes: a normal resumption changes them.
+_HOW_A_RUN_IS_DRIVEN = ("stage:", "stages:", "train.stop_at_step:", "rl.stop_at_step:")
+
+
+def _note_changed_config(workdir: str, config_dict: dict) -> None:
+  """Says so when ``workdir`` was written by another config, and keeps that config.
+
+  Resuming under changed values is allowed (more steps, another stage, an RL stage
+  after training), but it is not silent: every result-changing key that differs is
+  logged, and the config that wrote the workdir's files is kept as
+  ``config.previous.json`` before ``config.json`` is replaced.
+  """
+  path = fileio.join(workdir, "config.json")
+  if jax.process_index() != 0 or not fileio.exists(path):
+    return
+  try:
+    saved = fileio.read_json(path)
+  except errors.DataError as e:  # only a record: the run rewrites it
+    log.warning("%s is damaged (%s); it is rewritten with this run's config", path, e)
+    return
+  if not isinstance(saved, dict):
+    return
+  diff = [d for d in config_lib.differences(saved, config_dict)
+          if not d.startswith(_HOW_A_RUN_IS_DRIVEN)]
+  if not diff:
+    return
+  stages_lib.write_json(fileio.join(workdir, "config.previous.json"), saved)
+  shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+  log.warning("%s was written by another config (saved vs now: %s). Files already in the "
+              "workdir (checkpoints, Semantic IDs) continue under the new values; the "
+              "old config is kept as config.previous.json.", path, shown)
+
+
 # --- the run ----------------------------------------------------------------------------
 
 def run(config, workdir: str) -> dict:
@@ -63,6 +99,7 @@ def run(config, workdir: str) -> dict:
   plan = stages_lib.from_config(config)
   fileio.check_run_dir("workdir", workdir)
   fileio.makedirs(workdir)
+  _note_changed_config(workdir, config.to_dict())
   try:
     stages_lib.write_json(fileio.join(workdir, "config.json"), config.to_dict())
   except Exception as e:  # pylint: disable=broad-except  (any backend's error)

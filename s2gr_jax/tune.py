@@ -66,6 +66,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from s2gr_jax import config_lib
 from s2gr_jax import fileio
 from s2gr_jax import main as main_lib
 
@@ -88,12 +89,6 @@ N_STARTUP_TRIALS = 10  # TPE's default: random samples before the model of the t
 # Keys the search may not set: the seeds are --seeds, the split and metric are the rule.
 RESERVED = ("seed", "stages", "eval.test", "eval.select_metric", "init.from_workdir",
             "tokenizer.from_workdir")
-# Config keys that do not change a run's result (where files are, how it is shown): they
-# may differ when a study is resumed (another machine, another data path).
-IGNORED_ON_RESUME = ("data.dir", "data.tfds_dir", "data.num_threads",
-                     "tokenizer.text_encoder_dir", "train.progress_bar", "wandb")
-
-
 class SearchError(ValueError):
   """A mistake in the command (a space, the seeds, a workdir of another search): the
   entry point prints its one-line message."""
@@ -239,7 +234,6 @@ def parse_dim(spec: str, config) -> Dim:
 def parse_space(specs, config) -> list[Dim]:
   """The ``--space`` strings → dims, checked: keys exist and are distinct, and every
   bound (or choice) makes a config that ``config_lib.validate`` accepts."""
-  from s2gr_jax import config_lib  # pylint: disable=g-import-not-at-top
   dims = []
   for spec in specs:
     try:
@@ -287,29 +281,6 @@ def params_hash(params: dict) -> str:
   return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-def comparable(config_dict: dict) -> dict:
-  """A config as flat JSON values, without the keys that do not change a result."""
-  flat = _flat(json.loads(json.dumps(config_dict)))
-  return {k: v for k, v in flat.items()
-          if not any(k == i or k.startswith(i + ".") for i in IGNORED_ON_RESUME)}
-
-
-def differences(a: dict, b: dict) -> list[str]:
-  a, b = comparable(a), comparable(b)
-  return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b))
-          if a.get(k) != b.get(k)]
-
-
 def _read_json(path: str):
   """A JSON file of the search's workdir, or None; a damaged one is a ``DataError``."""
   if not os.path.exists(path):
@@ -330,7 +301,7 @@ def _run(config, workdir: str, compared=None) -> dict:
   from s2gr_jax import run as run_lib  # pylint: disable=g-import-not-at-top
   saved = _read_json(os.path.join(workdir, "config.json"))
   if saved is not None:
-    diff = [d for d in differences(saved, config.to_dict())
+    diff = [d for d in config_lib.differences(saved, config.to_dict())
             if compared is None or d.startswith(compared)]
     if diff:
       raise SearchError(f"{workdir} holds a run of another config ({'; '.join(diff[:3])}"
@@ -368,7 +339,7 @@ def open_study(workdir: str, identity: dict):
   else:
     diff = [f"{k}: {stored.get(k)!r} vs {identity[k]!r}" for k in
             ("space", "trial_seed", "search_seed", "objective") if stored.get(k) != identity[k]]
-    diff += differences(stored["config"], identity["config"])
+    diff += config_lib.differences(stored["config"], identity["config"])
     if diff:
       raise SearchError(f"{workdir}/study.db belongs to another search ({'; '.join(diff[:3])}"
                        f"{'; ...' if len(diff) > 3 else ''}); use a new --workdir")
@@ -632,8 +603,8 @@ def tune(base, workdir: str, specs, trials: int, seeds: list[int], search_seed: 
     done = _read_json(os.path.join(final_dir, "results.json")) or {}
     saved = _read_json(os.path.join(final_dir, "config.json"))
     t0 = time.time()
-    if any(k.startswith("test/") for k in done) and saved is not None and not differences(
-        saved, config.to_dict()):
+    if (any(k.startswith("test/") for k in done) and saved is not None
+        and not config_lib.differences(saved, config.to_dict())):
       results = done
       wall = (previous.get(seed) or {}).get("wall_s")
       if wall is None:

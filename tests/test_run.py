@@ -271,3 +271,22 @@ def test_quick_start_table_through_the_entry_point(tmp_path):
       cells = [float(c) for c in r.strip("| ").split(" | ")[1:]]
       assert len(cells) == 8 and all(0.0 <= c <= 1.0 for c in cells)
   assert "| s2gr |" in proc.stdout and "| history_transitions |" in proc.stdout
+
+
+def test_a_rerun_with_another_config_says_what_changed(tmp_path, caplog):
+  workdir = str(tmp_path / "w")
+  run.run(tiny_config(stages="tokenize"), workdir)
+  assert not (tmp_path / "w" / "config.previous.json").exists()
+  # Only how the run is driven changed (a pause step): nothing to report.
+  with caplog.at_level("WARNING", logger="s2gr_jax.run"):
+    run.run(tiny_config(stages="tokenize", **{"train.stop_at_step": 5}), workdir)
+  assert "written by another config" not in caplog.text
+  assert not (tmp_path / "w" / "config.previous.json").exists()
+  caplog.clear()
+  with caplog.at_level("WARNING", logger="s2gr_jax.run"):
+    run.run(tiny_config(stages="tokenize", **{"train.num_steps": 77}), workdir)
+  assert "written by another config" in caplog.text
+  assert "train.num_steps: 40 vs 77" in caplog.text
+  previous = json.loads((tmp_path / "w" / "config.previous.json").read_text())
+  assert previous["train"]["num_steps"] == 40
+  assert json.loads((tmp_path / "w" / "config.json").read_text())["train"]["num_steps"] == 77
