@@ -127,7 +127,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       beam_size=20, batch_size=256, ks=(1, 5, 10, 20), val_users=0,
       select_metric="ndcg@10",
-      test=True))  # False: the evaluate stage scores validation only (searches)
+      test=True,  # False: the evaluate stage scores validation only (searches)
+      # False: the evaluate stage scores test only, and the validation figures are the
+      # training loop's (eval.val_users); saves a full pass over validation where
+      # decoding every user is the cost (Beauty: 22k users a split).
+      final_val=True))
 
   # Device mesh (one size may be -1: the rest); rules: ((path regex, axes per dim), ...),
   # empty = parallel.DEFAULT_RULES. See s2gr_jax/parallel.py.
@@ -398,6 +402,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "evaluate" in names and "train" not in names and not config.init.from_workdir:
     raise ValueError(f"config.stages={config.stages!r}: 'evaluate' needs a model: add "
                      "'train' before it or set config.init.from_workdir")
+  if "evaluate" in names and not (config.eval.test or config.eval.get("final_val", True)):
+    raise ValueError("config.eval.test=False and config.eval.final_val=False leave the "
+                     "evaluate stage nothing to score: set one of them to True")
   _choice("data.on_short_sequence", config.data.on_short_sequence, ("error", "drop"))
   _choice("tokenizer.embedding", config.tokenizer.embedding,
           ("attributes", "text_tfidf", "text", "npy"))

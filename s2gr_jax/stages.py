@@ -424,7 +424,8 @@ class Evaluate:
                                   "train/wall_s": 0.0, "train/stopped_early": False})
       ctx.results["init/from_workdir"] = config.init.from_workdir
     trained = ctx.trained
-    splits = ("val", "test") if config.eval.test else ("val",)  # no test during searches
+    splits = (("val",) if config.eval.get("final_val", True) else ()) + (
+        ("test",) if config.eval.test else ())  # no test during searches
     t0, c0 = time.time(), train_lib.compile_seconds()
     eval_batches = {s: ctx.pipelines.eval_batches(s, ctx.eval_batch_size) for s in splits}
     model_metrics, by_length = {}, {}
@@ -448,6 +449,7 @@ class Evaluate:
     results.update({
         f"{p}eval/wall_s": eval_s, f"{p}eval/compile_s": eval_compile_s,
         "eval/beam_size": config.eval.beam_size, "eval/test": bool(config.eval.test),
+        "eval/final_val": "val" in splits,
         "data/name": dataset.name, "data/num_users": dataset.num_users,
         "data/num_items": dataset.num_items})
     write_json(fileio.join(ctx.workdir, "results.json"), results)

@@ -87,8 +87,10 @@ METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 STUDY_NAME = "tune"
 N_STARTUP_TRIALS = 10  # TPE's default: random samples before the model of the trials
 # Keys the search may not set: the seeds are --seeds, the split and metric are the rule.
-RESERVED = ("seed", "stages", "eval.test", "eval.select_metric", "init.from_workdir",
-            "tokenizer.from_workdir")
+RESERVED = ("seed", "stages", "eval.test", "eval.final_val", "eval.select_metric",
+            "init.from_workdir", "tokenizer.from_workdir")
+
+
 class SearchError(ValueError):
   """A mistake in the command (a space, the seeds, a workdir of another search): the
   entry point prints its one-line message."""
@@ -380,7 +382,8 @@ def run_trial(study, dims, base, workdir: str, trial_seed: int, sids: str | None
   trial.set_user_attr("workdir", trial_dir)
   log.info("Trial %d (%d of the budget): %s → %s", trial.number, index + 1, params,
            trial_dir)
-  overrides = {"seed": trial_seed, "eval__test": False}
+  # A trial is scored on the full validation set, whatever the recipe's final_val.
+  overrides = {"seed": trial_seed, "eval__test": False, "eval__final_val": True}
   if sids:
     overrides["tokenizer__from_workdir"] = sids
   metric = f"val/{base.eval.select_metric}"

@@ -290,3 +290,16 @@ def test_a_rerun_with_another_config_says_what_changed(tmp_path, caplog):
   previous = json.loads((tmp_path / "w" / "config.previous.json").read_text())
   assert previous["train"]["num_steps"] == 40
   assert json.loads((tmp_path / "w" / "config.json").read_text())["train"]["num_steps"] == 77
+
+
+def test_final_evaluation_of_test_only(tmp_path):
+  results = run.run(tiny_config(**{"eval.final_val": False, "train.num_steps": 20}),
+                    str(tmp_path / "w"))
+  assert "test/ndcg@10" in results and "baselines/last_item/test/ndcg@10" in results
+  assert not any(k.startswith(("val/", "val_by_history/")) for k in results)
+  assert results["eval/final_val"] is False
+  # the training loop still validated (its subset) and chose the best checkpoint on it
+  assert any("val/ndcg@10" in r for r in metric_writer.read_metrics(str(tmp_path / "w")))
+  with pytest.raises(ValueError, match="nothing to score"):
+    run.run(tiny_config(**{"eval.final_val": False, "eval.test": False}),
+            str(tmp_path / "x"))
