@@ -284,17 +284,19 @@ def _flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def comparable(config_dict: dict) -> dict:
-  """A config as flat JSON values, without the keys that do not change a result."""
+def comparable(config_dict: dict, ignore: tuple[str, ...] = ()) -> dict:
+  """A config as flat JSON values, without the keys that do not change a result (and
+  the keys, or sections, in ``ignore``)."""
   flat = _flat(json.loads(json.dumps(config_dict)))
+  skip = IGNORED_ON_RESUME + tuple(ignore)
   return {k: v for k, v in flat.items()
-          if not any(k == i or k.startswith(i + ".") for i in IGNORED_ON_RESUME)}
+          if not any(k == i or k.startswith(i + ".") for i in skip)}
 
 
-def differences(a: dict, b: dict) -> list[str]:
+def differences(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[str]:
   """``key: old vs new`` for every result-changing key where configs ``a`` and ``b``
   differ (a key only one of them has counts, with None for the other)."""
-  a, b = comparable(a), comparable(b)
+  a, b = comparable(a, ignore), comparable(b, ignore)
   return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b))
           if a.get(k) != b.get(k)]
 

@@ -57,7 +57,7 @@ def _environment() -> dict:
 
 # Keys that choose what a command does to a workdir (which stages, where to pause), not
 # what it computes: a normal resumption changes them.
-_HOW_A_RUN_IS_DRIVEN = ("stage:", "stages:", "train.stop_at_step:", "rl.stop_at_step:")
+_HOW_A_RUN_IS_DRIVEN = ("stage", "stages", "train.stop_at_step", "rl.stop_at_step")
 
 
 def _note_changed_config(workdir: str, config_dict: dict) -> None:
@@ -78,8 +78,7 @@ def _note_changed_config(workdir: str, config_dict: dict) -> None:
     return
   if not isinstance(saved, dict):
     return
-  diff = [d for d in config_lib.differences(saved, config_dict)
-          if not d.startswith(_HOW_A_RUN_IS_DRIVEN)]
+  diff = config_lib.differences(saved, config_dict, ignore=_HOW_A_RUN_IS_DRIVEN)
   if not diff:
     return
   stages_lib.write_json(fileio.join(workdir, "config.previous.json"), saved)
