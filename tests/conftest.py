@@ -10,7 +10,12 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Single-threaded Eigen inside each simulated device: XLA:CPU's intra-op pool has been
+# seen to wedge under many small multi-device programs (a CI run hung for 90 minutes),
+# and with 8 devices on 2 cores it only oversubscribes them; the suite's time is the same
+# (tests/test_parallel.py + the RL resume tests: 130 s against 117-132 s, warm caches).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_cpu_multi_thread_eigen=false")
 os.environ.setdefault("S2GR_DATA_DIR", str((ROOT / ".." / "shared" / "data").resolve()))
 _CACHE = pathlib.Path(tempfile.gettempdir()) / "s2gr_jax_test_cache"
 # One TFDS build folder per pytest-xdist worker: two workers never build into the same one.
