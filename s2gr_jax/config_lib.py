@@ -568,7 +568,9 @@ def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.C
   ``:compare`` small models at 1,500 steps (the README's CPU comparison of tokenizers
   and models: the same budget for every row), ``:converge`` the same small models
   trained until validation stops improving (early stopping, capped to fit 2 CPU cores:
-  about 30 min on Scientific, 90 min on Beauty), ``:tiny`` a few minutes on a CPU (TF-IDF
+  about 30 min on Scientific, 90 min on Beauty), ``:converge_grpo`` (SID generators)
+  ``:converge`` without each user's last training target, then GRPO on those targets
+  (about 10 more minutes), ``:tiny`` a few minutes on a CPU (TF-IDF
   item vectors, RQ-KMeans, small models, short training).
   """
   c = base_config()
@@ -625,8 +627,21 @@ def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.C
                    eval_every=every, checkpoint_every=every, patience=4)
     c.eval.val_users = 3_000
 
-  return apply_preset(c, arg, {"cpu": cpu, "tiny": tiny, "compare": compare,
-                               "converge": converge})
+  # :converge, then GRPO on examples the supervised run never saw: the supervised
+  # stage skips each user's last training target, GRPO (beam rollouts, exact item +
+  # ranking reward, plus 0.1 x the target's NLL) trains on exactly those; λ 0.1 chosen
+  # over 1 on validation (docs/results.md, REG4Rec on Scientific).
+  def converge_grpo(c):
+    converge(c)
+    c.train.hold_out_last = True
+    c.rl.update(enabled=True, examples="last", rollout="beam",
+                rewards="global_path=1,rank=1", msra_items=1, sft_weight=0.1, lr=1e-4,
+                num_steps=300, eval_every=50, checkpoint_every=50)
+
+  presets = {"cpu": cpu, "tiny": tiny, "compare": compare, "converge": converge}
+  if model != "sasrec":  # GRPO needs a SID generator
+    presets["converge_grpo"] = converge_grpo
+  return apply_preset(c, arg, presets)
 
 
 def apply_preset(config: ml_collections.ConfigDict, arg: str | None,

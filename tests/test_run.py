@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from s2gr_jax import config_lib
 from s2gr_jax import metric_writer
 from s2gr_jax import run
 from s2gr_jax import train
@@ -236,6 +237,14 @@ def test_converge_presets_early_stop_on_validation(tmp_path):
     c = module.get_config("converge")
     assert c.train.patience > 0 and c.eval.select_metric == "ndcg@10", path.stem
     assert c.train.num_steps >= 5 * c.train.eval_every, path.stem
+    if path.stem.startswith("sasrec"):  # no SIDs to roll out
+      with pytest.raises(ValueError, match="unknown preset ':converge_grpo'"):
+        module.get_config("converge_grpo")
+    else:  # GRPO on exactly the targets the supervised stage held out
+      g = config_lib.resolve(module.get_config("converge_grpo"))
+      config_lib.validate(g)
+      assert g.train.hold_out_last and g.rl.enabled and g.rl.examples == "last", path.stem
+      assert g.train.num_steps == c.train.num_steps and g.rl.sft_weight > 0, path.stem
   # The loop stops once validation has not improved for `patience` validations: with
   # a learning rate too small to change the ranking, the first validation stays best.
   results = run.run(tiny_config(**{"train.lr": 1e-12, "train.num_steps": 100,
