@@ -568,7 +568,7 @@ def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.C
   ``:compare`` small models at 1,500 steps (the README's CPU comparison of tokenizers
   and models: the same budget for every row), ``:converge`` the same small models
   trained until validation stops improving (early stopping, capped to fit 2 CPU cores:
-  about 30 min on Scientific, 90 min on Beauty), ``:converge_grpo`` (SID generators)
+  about 30 min on Scientific, 90 min on Beauty), ``:converge_grpo`` (SID generators only):
   ``:converge`` without each user's last training target, then GRPO on those targets
   (about 10 more minutes), ``:tiny`` a few minutes on a CPU (TF-IDF
   item vectors, RQ-KMeans, small models, short training).

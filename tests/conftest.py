@@ -10,9 +10,10 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Single-threaded Eigen inside each simulated device: XLA:CPU's intra-op pool has been
-# seen to wedge under many small multi-device programs (a CI run hung for 90 minutes),
-# and with 8 devices on 2 cores it only oversubscribes them; the suite's time is the same
+# Single-threaded Eigen inside each simulated device. Other projects report XLA:CPU's
+# intra-op Eigen pool wedging (a hang in block_until_ready); one CI run of ours hung for
+# 90 minutes with no stack, cause unknown, so this is a precaution, not a proven fix.
+# With 8 devices on 2 cores the pool only oversubscribes them, and the time is the same
 # (tests/test_parallel.py + the RL resume tests: 130 s against 117-132 s, warm caches).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_cpu_multi_thread_eigen=false")
