@@ -627,7 +627,7 @@ def parse(spec: str, available=None) -> list[str]:
 def plan(config) -> list[str]:
   """The stages a run takes: ``config.stages``, and with ``rl.enabled`` the GRPO stage
   and its evaluation after them (without 'train' when ``rl.init_from`` names the
-  supervised run). SIDReasoner: ``config.stage`` ('align', 'activate', 'rl', 'eval')
+  supervised run; ``stages='tokenize'`` alone stays a tokenize-only run). SIDReasoner: ``config.stage`` ('align', 'activate', 'rl', 'eval')
   runs that one stage after ``tokenize``; '' runs ``config.stages``."""
   if config.model.name == REASONER:
     from s2gr_jax.lm import reasoner  # pylint: disable=g-import-not-at-top
@@ -643,7 +643,7 @@ def plan(config) -> list[str]:
                      f"model.name={config.model.name!r} runs config.stages")
   names = parse(config.stages)
   rl = config.get("rl")
-  if rl is not None and rl.enabled:
+  if rl is not None and rl.enabled and names != ["tokenize"]:
     if rl.init_from:
       names = [n for n in names if n != "train"]
     if "rl" not in names:

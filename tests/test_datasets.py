@@ -39,6 +39,40 @@ def test_builds_array_record_and_reads_it_back(tmp_path):
   assert list(ds.source[1]["items"]) == [3, 2, 4, 1]
 
 
+def test_a_build_finished_first_by_another_run_is_used(tmp_path, monkeypatch):
+  """Two runs started together on an empty cache both build; the second one's final
+  rename fails (FileExistsError) and it reads the first one's finished copy."""
+  write_toy(tmp_path / "data" / "toy")
+  cfg = data_config(tmp_path, name="toy", dir=str(tmp_path / "data"))
+  real = datasets._make_builder
+
+  class LosesTheRace:
+    def __init__(self, builder):
+      self.builder = builder
+
+    def __getattr__(self, name):
+      return getattr(self.builder, name)
+
+    def is_prepared(self):
+      return False  # as seen before the other run finished
+
+    def download_and_prepare(self):
+      self.builder.download_and_prepare()  # "the other run" finishes first
+      raise FileExistsError("Destination ... already exists.")
+
+  calls = []
+
+  def make(data_cfg):
+    calls.append(1)
+    builder = real(data_cfg)
+    return LosesTheRace(builder) if len(calls) == 1 else builder
+
+  monkeypatch.setattr(datasets, "_make_builder", make)
+  ds = datasets.load_dataset(cfg)
+  assert len(calls) == 2 and ds.num_users == 3
+  assert [s.tolist() for s in ds.sequences] == [[1, 2, 3], [3, 2, 4, 1], [4, 3, 2]]
+
+
 def test_changed_input_builds_a_new_dataset(tmp_path):
   folder = write_toy(tmp_path / "data" / "toy")
   cfg = data_config(tmp_path, name="toy", dir=str(tmp_path / "data"))

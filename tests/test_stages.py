@@ -84,6 +84,12 @@ def test_tokenize_alone_stops_after_the_sids(tmp_path):
   assert (tmp_path / "t" / "sid" / "sid_table.npz").exists()
   assert not (tmp_path / "t" / "results.json").exists()
   assert ckpt_lib.Checkpoints(str(tmp_path / "t"), 1).latest_step() is None
+  # A GRPO recipe (rl.enabled) asked for its SIDs only stays a tokenize-only run.
+  grpo = test_run.tiny_config(stages="tokenize", **{"rl.enabled": True})
+  assert stages.plan(grpo) == ["tokenize"]
+  config_lib.validate(grpo)
+  assert stages.plan(test_run.tiny_config(**{"rl.enabled": True})) == [
+      "tokenize", "train", "evaluate", "rl", "evaluate"]
 
 
 def test_only_the_trainable_parameters_move():

@@ -129,7 +129,16 @@ def load_dataset(data_cfg) -> SequenceDataset:
       log.info("Preparing dataset %s into %s", builder.builder_config.name,
                       builder.data_dir)
       tfds.disable_progress_bar()
-      builder.download_and_prepare()
+      try:
+        builder.download_and_prepare()
+      except FileExistsError:
+        # Another run prepared the same version at the same time and renamed its
+        # finished copy into place first; that copy is complete, so read it.
+        builder = _make_builder(data_cfg)
+        if not builder.is_prepared():
+          raise
+        log.info("Dataset %s was prepared by another run meanwhile; using it",
+                 builder.builder_config.name)
     source = builder.as_data_source(split=builders.SPLIT)
   md = builder.info.metadata
   records = source.__getitems__(list(range(len(source))))

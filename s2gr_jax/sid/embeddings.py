@@ -97,9 +97,10 @@ def text_embeddings(dataset, encoder_dir: str, cache_dir: str) -> np.ndarray:
   log.info("Item text embeddings: %d items × %d in %.1f s (%s)", x.shape[0], x.shape[1],
            time.time() - t0, folder)
   os.makedirs(cache_dir, exist_ok=True)
-  with open(path + ".part", "wb") as f:  # never a half-written cache under the name
+  part = f"{path}.{os.getpid()}.part"  # never a half-written cache under the name,
+  with open(part, "wb") as f:           # and runs started together do not collide
     np.save(f, x)
-  os.replace(path + ".part", path)
+  os.replace(part, path)
   return x
 
 
