@@ -501,7 +501,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        "GRPO samples the paths of a generator over Semantic IDs (tiger, "
                        "s2gr, reg4rec)")
     from s2gr_jax.rl import rewards  # pylint: disable=g-import-not-at-top
-    weights = rewards.parse_weights(rl.rewards, "sets")
+    weights = rewards.parse_weights(rl.rewards, "sets",
+                                    allow_none=float(rl.get("sft_weight", 0.0)) > 0)
     rollout = rl.get("rollout", "sample")
     if rollout not in ("sample", "beam"):
       raise ValueError(f"config.rl.rollout={rollout!r}: expected 'sample' (paths drawn "

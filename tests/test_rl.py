@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from s2gr_jax import config_lib
 from s2gr_jax import decoding
 from s2gr_jax import metric_writer
 from s2gr_jax import parallel
@@ -97,6 +98,9 @@ def test_reward_weights_are_parsed_and_checked():
     rewards.parse_weights("hits=1", "sets")
   with pytest.raises(ValueError, match="not a number"):
     rewards.parse_weights("step_hit=x", "sets")
+  with pytest.raises(ValueError, match="rewards='none' leaves nothing to learn"):
+    rewards.parse_weights("none", "sets")
+  assert rewards.parse_weights("none", "sets", allow_none=True) == {}
 
 
 def test_msra_future_items_come_from_the_training_part_only():
@@ -273,7 +277,26 @@ def test_sft_weight_adds_the_targets_likelihood_and_learns_it():
   assert nlls[-1] < nlls[0] - 0.1
   plain = grpo.make_rl_step(graphdef, model_graphdef,
                             grpo.GrpoSettings(group=8, weights=(("global_path", 1.0),)))
-  assert "sft_nll" not in plain(state, batch, jax.random.key(0), sft, index, tables)[1]
+  state, metrics = plain(state, batch, jax.random.key(0), sft, index, tables)  # donates
+  assert "sft_nll" not in metrics
+  # rl.rewards='none' (the NLL-only control): the reward is 0, the NLL still falls.
+  none = grpo.make_rl_step(graphdef, model_graphdef,
+                           grpo.GrpoSettings(group=8, weights=(), sft_weight=1.0))
+  nlls = []
+  for i in range(3):
+    state, metrics = none(state, batch, jax.random.key(i), sft, index, tables)
+    assert float(metrics["reward"]) == 0.0
+    nlls.append(float(metrics["sft_nll"]))
+  assert nlls[-1] < nlls[0]
+  with pytest.raises(ValueError, match="nothing to learn unless config.rl.sft_weight"):
+    grpo.GrpoSettings.from_config(ml_collections.ConfigDict(
+        dict(rl_defaults(), rewards="none", sft_weight=0.0)), "prefix")
+  assert grpo.GrpoSettings.from_config(ml_collections.ConfigDict(
+      dict(rl_defaults(), rewards="none", sft_weight=0.1)), "prefix").weights == ()
+
+
+def rl_defaults() -> dict:
+  return config_lib.base_config().rl.to_dict()
 
 
 # --- through the entry point ---------------------------------------------------------

@@ -262,11 +262,12 @@ class GrpoSettings:
 
   @classmethod
   def from_config(cls, rl, search: str) -> "GrpoSettings":
-    weights = rewards_lib.parse_weights(rl.rewards, search)
+    sft_weight = float(rl.get("sft_weight", 0.0))
+    weights = rewards_lib.parse_weights(rl.rewards, search, allow_none=sft_weight > 0)
     return cls(group=rl.group_size, kl_coef=rl.kl_coef, clip_eps=rl.clip_eps,
                updates_per_sample=rl.updates_per_sample, temperature=rl.temperature,
                rollout=rl.get("rollout", "sample"), weights=tuple(weights.items()),
-               msra_decay=rl.msra_decay, sft_weight=float(rl.get("sft_weight", 0.0)))
+               msra_decay=rl.msra_decay, sft_weight=sft_weight)
 
 
 def make_optimizer(rl) -> optax.GradientTransformation:

@@ -176,9 +176,18 @@ PARS = "step_hit=1,global_path=1,category_hit=1,step_consistency=1"
 PREFIX = "prefix=1"
 
 
-def parse_weights(spec: str, search: str) -> dict[str, float]:
+def parse_weights(spec: str, search: str, allow_none: bool = False) -> dict[str, float]:
   """``rl.rewards`` → {reward name: weight}. ``'auto'``: PARS for unordered codebooks
-  (search 'sets', REG4Rec), SIDReasoner's prefix reward for ordered SIDs."""
+  (search 'sets', REG4Rec), SIDReasoner's prefix reward for ordered SIDs. ``'none'``
+  (only with ``allow_none``: ``rl.sft_weight`` > 0) gives {}: no reward, so every
+  advantage is 0 and the loop trains the target's NLL under the KL penalty alone, the
+  control for what the rewards add."""
+  if str(spec).strip() == "none":
+    if not allow_none:
+      raise ValueError("config.rl.rewards='none' leaves nothing to learn unless "
+                       "config.rl.sft_weight > 0 (then the loop trains the target's NLL "
+                       "alone: the control for what the rewards add)")
+    return {}
   if spec == "auto":
     spec = PARS if search == "sets" else PREFIX
   weights = {}
@@ -217,5 +226,6 @@ def combine(paths: Paths, targets: jax.Array, tables: RewardTables,
                             for k in range(targets.shape[1])], axis=-1)  # [B, G, N]
     present = (targets > 0)[:, None, :]
     parts[name] = (per_target * present * w).sum(-1)
-  total = sum(weights[name] * parts[name] for name in weights)
+  total = sum((weights[name] * parts[name] for name in weights),
+              jnp.zeros(paths.item.shape, jnp.float32))
   return total, parts
