@@ -31,8 +31,11 @@ reward alone (``--config.rl.rewards=global_path=1``) keeps or raises it. With th
 (``--config.tokenizer.mpq.independence_weight=1``), 3 seeds: 0.0630 ± 0.0008 / 0.0382 ±
 0.0015 with CORP off, 0.0505 ± 0.0027 / 0.0301 ± 0.0014 with CORP on. TIGER at the same budget: 0.0633 ± 0.0007 / 0.0382 ± 0.0008.
 ``:converge_grpo`` (the supervised run without each user's last training item, then
-GRPO on those items with 0.1 × their NLL; 16–37 + 6–11 min), 3 seeds, commit eae6dbb:
-0.0686 ± 0.0005 / 0.0401 ± 0.0009 (+4.4 % R@10 over full-data SFT, N@10 level). M = 8
+GRPO on those items with 0.1 × their NLL; 16–37 + 6–11 min), 3 seeds, commit eae6dbb,
+300 GRPO steps: 0.0686 ± 0.0005 / 0.0401 ± 0.0009 (+4.4 % R@10 over full-data SFT, N@10
+level); 600 steps (the preset now; commit 2466ec7, 23–36 + 10–26 min): 0.0701 ± 0.0007 /
+0.0420 ± 0.0008 (+6.7 % / +5.0 %). The NLL-only control (``--config.rl.rewards=none``,
+seed 0, 300 steps) gets most of that: 0.0671 / 0.0406 against 0.0696 / 0.0411 with rewards. M = 8
 codebooks (``--config.tokenizer.mpq.experts=8``), seed 0: 0.0640 / 0.0373 (M = 4:
 0.0694 / 0.0416). Last-item floor 0.0940 / 0.0711,
 history transitions 0.1074 / 0.0786.

@@ -571,7 +571,7 @@ def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.C
   trained until validation stops improving (early stopping, capped to fit 2 CPU cores:
   about 30 min on Scientific, 90 min on Beauty), ``:converge_grpo`` (SID generators only):
   ``:converge`` without each user's last training target, then GRPO on those targets
-  (about 10 more minutes), ``:tiny`` a few minutes on a CPU (TF-IDF
+  (10–25 more minutes), ``:tiny`` a few minutes on a CPU (TF-IDF
   item vectors, RQ-KMeans, small models, short training).
   """
   c = base_config()
@@ -631,13 +631,14 @@ def amazon_recipe(dataset: str, model: str, arg: str | None) -> ml_collections.C
   # :converge, then GRPO on examples the supervised run never saw: the supervised
   # stage skips each user's last training target, GRPO (beam rollouts, exact item +
   # ranking reward, plus 0.1 x the target's NLL) trains on exactly those; λ 0.1 chosen
-  # over 1 on validation (docs/results.md, REG4Rec on Scientific).
+  # over 1 on validation (docs/results.md, REG4Rec on Scientific); 600 steps, as every
+  # seed of TIGER and REG4Rec had its best validation at step 500-600 (300 before).
   def converge_grpo(c):
     converge(c)
     c.train.hold_out_last = True
     c.rl.update(enabled=True, examples="last", rollout="beam",
                 rewards="global_path=1,rank=1", msra_items=1, sft_weight=0.1, lr=1e-4,
-                num_steps=300, eval_every=50, checkpoint_every=50)
+                num_steps=600, eval_every=50, checkpoint_every=50)
 
   presets = {"cpu": cpu, "tiny": tiny, "compare": compare, "converge": converge}
   if model != "sasrec":  # GRPO needs a SID generator
