@@ -14,6 +14,7 @@ Commands:
       --config configs/s2gr_scientific.py --workdir runs/s2gr_scientific              # paper budget, GPU
   ... --config configs/s2gr_scientific.py:cpu --workdir runs/s2gr_scientific_cpu     # reduced CPU budget
   ... --config configs/s2gr_scientific.py:converge --workdir runs/conv_s2gr_scientific # small, early stop
+  ... --config configs/s2gr_scientific.py:converge_grpo --workdir runs/grpo_s2gr_sci  # + GRPO
   ... --config configs/s2gr_scientific.py:compare --workdir runs/cmp_s2gr_scientific # small, 1,500 steps
   ... --config configs/s2gr_scientific.py:tiny --workdir /tmp/s2gr_scientific_tiny   # minutes on a CPU
 
@@ -26,6 +27,8 @@ below both. With ``--config.model.s2gr.align_weight=0.1
 --config.model.s2gr.nce_weight=0.1``: best at 2,000, stop at 4,000, 16 min; test 0.0616
 / 0.0359 (level with TIGER). With ``--config.model.s2gr.recency_embeddings=True`` (code
 of 8d31a81): with the auxiliary weights at 0.1 too, test 0.0671 / 0.0409, 28 min.
+``:converge_grpo`` (commit 3da6ae4, 3 seeds, 16-21 + 13-16 min a seed, shared CPU):
+held-out SFT 0.0549 ± 0.0021 / 0.0331 ± 0.0015, + GRPO 0.0703 ± 0.0013 / 0.0421 ± 0.0007.
 docs/results.md has the runs and why.
 """
 
