@@ -35,7 +35,8 @@ GRPO on those items with 0.1 × their NLL; 16–37 + 6–11 min), 3 seeds, commi
 300 GRPO steps: 0.0686 ± 0.0005 / 0.0401 ± 0.0009 (+4.4 % R@10 over full-data SFT, N@10
 level); 600 steps (the preset now; commit 2466ec7, 23–36 + 10–26 min): 0.0701 ± 0.0007 /
 0.0420 ± 0.0008 (+6.7 % / +5.0 %). The NLL-only control (``--config.rl.rewards=none``,
-seed 0, 300 steps) gets most of that: 0.0671 / 0.0406 against 0.0696 / 0.0411 with rewards. M = 8
+600 steps, 3 seeds, commit 3da6ae4, 12-14 min) gets most of that: 0.0687 ± 0.0004 / 0.0409
+± 0.0009; the rewards add +0.0014 ± 0.0010 / +0.0011 ± 0.0001 (paired). M = 8
 codebooks (``--config.tokenizer.mpq.experts=8``), seed 0: 0.0640 / 0.0373 (M = 4:
 0.0694 / 0.0416). Last-item floor 0.0940 / 0.0711,
 history transitions 0.1074 / 0.0786.
