@@ -58,7 +58,16 @@ def initialize_distributed() -> None:
 
 
 def enable_compilation_cache() -> None:
-  """Reuse compiled steps across runs (``$JAX_COMPILATION_CACHE_DIR`` wins if set)."""
+  """Reuse compiled steps across runs (``$JAX_COMPILATION_CACHE_DIR`` wins if set).
+
+  Not in a multi-process run on CPU: there every process loads the executable process 0
+  wrote to the cache, and on XLA:CPU's cross-process (gloo) collectives that executable
+  hangs in its first collective (measured with jax 0.12.1: a two-process run on a warm
+  cache hung in its first train step every time, on a cold one it ran). TPU and GPU
+  runs keep the cache."""
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    jax.config.update("jax_enable_compilation_cache", False)
+    return
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.path.join(
         os.path.expanduser("~"), ".cache", "s2gr_jax", "jax_compilation_cache"))

@@ -200,11 +200,32 @@ def _test_metrics_in_one_process(workdir: str) -> dict:
                            pipes.eval_batches("test", config.eval.batch_size), index, mesh)
 
 
+def test_multi_process_cpu_runs_leave_the_compilation_cache_off(monkeypatch):
+  """Two CPU processes loading the executable process 0 cached hang in its first
+  collective (a warm cache hung the run below every time), so ``--multiprocess`` on CPU
+  turns the persistent cache off; one process keeps it."""
+  from s2gr_jax import main  # pylint: disable=g-import-not-at-top
+  before = jax.config.jax_enable_compilation_cache
+  try:
+    jax.config.update("jax_enable_compilation_cache", True)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    main.enable_compilation_cache()
+    assert jax.config.jax_enable_compilation_cache is False
+    jax.config.update("jax_enable_compilation_cache", True)
+    monkeypatch.setattr(jax, "process_count", lambda: 1)
+    main.enable_compilation_cache()
+    assert jax.config.jax_enable_compilation_cache is True
+  finally:
+    jax.config.update("jax_enable_compilation_cache", before)
+
+
 def test_two_processes_train_one_run_into_a_bucket(gcs, tmp_path):
   """jax.distributed on CPU: two processes of 2 devices each (``--multiprocess``, as on two
   hosts) train one run into a gs:// workdir, each reading its own data shard. Step 40
   saves both the last and the best checkpoint: their concurrent multi-process saves
-  must not share barrier names (they did, and the run hung about every other time)."""
+  must not share barrier names (they did, and the run hung about every other time).
+  Two length buckets: every process must draw the same bucket at every step (each drew
+  from its own shard's mix, and the processes ran programs of different shapes)."""
   from s2gr_jax import run  # pylint: disable=g-import-not-at-top
   remote = f"{gcs}/two_hosts"
   env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}",
@@ -212,7 +233,7 @@ def test_two_processes_train_one_run_into_a_bucket(gcs, tmp_path):
   logs = [tmp_path / f"process_{i}.log" for i in range(2)]
   procs = [subprocess.Popen(
       [sys.executable, "-m", "s2gr_jax.main", "--multiprocess", "--config",
-       "configs/default.py:tiny", "--workdir", remote, *TINY,
+       "configs/default.py:tiny", "--workdir", remote, "--config.data.length_buckets=(10,20)",
        # One validation, at step 40: it is the best, so step 40 saves both checkpoints
        # whatever the data.
        "--config.train.eval_every=40"], cwd=ROOT,

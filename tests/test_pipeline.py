@@ -132,6 +132,33 @@ def test_host_shards_are_disjoint_and_complete():
   assert sorted(users) == list(range(30))
 
 
+def test_host_training_streams_draw_the_same_bucket_at_every_step():
+  """With several length buckets, every host's k-th training batch has the same shape
+  (the hosts' shards of one global batch), and the hosts' examples are disjoint."""
+  rng = np.random.default_rng(2)
+  # Lengths 3..30 → history lengths spread over the buckets unevenly per host.
+  seqs = [rng.integers(1, 10, size=rng.integers(3, 31)) for _ in range(120)]
+  split = pipeline.LeaveOneOut.from_sequences(seqs)
+  hosts, batch, steps = 3, 4, 60
+  streams, epochs = [], []
+  for i in range(hosts):
+    pipes = pipeline.Pipelines([{"items": s.tolist()} for s in seqs], split, CODES,
+                               np.arange(120, dtype=np.int32), 20, (3, 8, 20), i, hosts)
+    it = iter(pipes.train_dataset(batch, seed=0, num_threads=0))
+    streams.append([next(it) for _ in range(steps)])
+    epochs.append(pipes.steps_per_epoch(batch))
+  shapes = [[b["history_items"].shape for b in s] for s in streams]
+  assert shapes[0] == shapes[1] == shapes[2]
+  assert len({s[1] for s in shapes[0]}) == 3  # all three buckets are drawn
+  assert len(set(epochs)) == 1
+  # Disjoint shards: within the first epoch no example (user, history, target) is on
+  # two hosts.
+  seen = [{(int(u), tuple(h[h > 0].tolist()), int(t)) for b in s[:epochs[0]]
+           for u, h, t in zip(b["user_bucket"], b["history_items"], b["target_item"])}
+          for s in streams]
+  assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+
+
 def test_user_hash_is_stable():
   h = batches.hash_users(np.array([1, 2, 3, 22363]), 2000)
   assert h.tolist() == batches.hash_users(np.array([1, 2, 3, 22363]), 2000).tolist()

@@ -206,6 +206,12 @@ class Pipelines:
     ``batch_size`` is the per-host batch. Each bucket is shuffled with its own seed
     derived from ``seed`` (reshuffled every epoch) and batched without remainder;
     the buckets are then mixed in proportion to their number of batches.
+
+    With several hosts the buckets are formed from all hosts' examples and then split
+    between them, and the mixing weights are global: every host draws its k-th batch
+    from the same bucket, so the hosts' shards of one global batch have the same shape
+    (with per-host buckets they drew different ones, and the hosts ran different
+    programs against each other's collectives).
     """
     index = self.split.train_index()
     if examples != "all":
@@ -213,10 +219,9 @@ class Pipelines:
       if examples not in ("last", "except_last"):
         raise ValueError(f"examples={examples!r}: expected 'all', 'except_last' or 'last'")
       index = index[last if examples == "last" else ~last]
-    index = index[self.shard_index::self.shard_count]
-    groups = self._buckets_for(index, batch_size)
     datasets, weights = [], []
-    for b, (length, members) in enumerate(groups):
+    for b, (length, members, global_count) in enumerate(self._train_buckets(index,
+                                                                            batch_size)):
       if len(members) < batch_size:
         raise ValueError(f"only {len(members)} training examples on this host, fewer "
                          f"than one batch of {batch_size}; lower train.batch_size")
@@ -231,14 +236,22 @@ class Pipelines:
                                                                  drop_remainder=True)
       ds = ds.repeat()
       datasets.append(ds)
-      weights.append(len(members) // batch_size)
+      weights.append(global_count // (batch_size * self.shard_count))
     mixed = grain.MapDataset.mix(datasets, weights) if len(datasets) > 1 else datasets[0]
     return mixed.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                    prefetch_buffer_size=prefetch))
 
+  def _train_buckets(self, index: np.ndarray,
+                     batch_size: int) -> list[tuple[int, np.ndarray, int]]:
+    """(length, this host's members, all hosts' member count) of each training bucket:
+    the same buckets on every host (see ``train_dataset``)."""
+    groups = self._buckets_for(index, batch_size * self.shard_count)
+    return [(length, members[self.shard_index::self.shard_count], len(members))
+            for length, members in groups]
+
   def steps_per_epoch(self, batch_size: int) -> int:
-    index = self.split.train_index()[self.shard_index::self.shard_count]
-    return sum(len(m) // batch_size for _, m in self._buckets_for(index, batch_size))
+    return sum(n // (batch_size * self.shard_count)
+               for _, _, n in self._train_buckets(self.split.train_index(), batch_size))
 
   def num_train_examples(self) -> int:
     return int((self.split.lengths - 3).sum())
