@@ -222,7 +222,7 @@ class Pipelines:
     datasets, weights = [], []
     for b, (length, members, global_count) in enumerate(self._train_buckets(index,
                                                                             batch_size)):
-      if len(members) < batch_size:
+      if global_count < batch_size * self.shard_count:  # the same answer on every host
         raise ValueError(f"only {len(members)} training examples on this host, fewer "
                          f"than one batch of {batch_size}; lower train.batch_size")
       ds = grain.MapDataset.source(members).seed(seed * 1000 + b).shuffle()
