@@ -220,8 +220,8 @@ class Pipelines:
         raise ValueError(f"examples={examples!r}: expected 'all', 'except_last' or 'last'")
       index = index[last if examples == "last" else ~last]
     datasets, weights = [], []
-    for b, (length, members, global_count) in enumerate(self._train_buckets(index,
-                                                                            batch_size)):
+    buckets = self._train_buckets(index, batch_size)
+    for b, (length, members, global_count) in enumerate(buckets):
       if global_count < batch_size * self.shard_count:  # the same answer on every host
         raise ValueError(f"only {len(members)} training examples on this host, fewer "
                          f"than one batch of {batch_size}; lower train.batch_size")
