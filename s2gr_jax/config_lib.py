@@ -144,7 +144,9 @@ def base_config() -> ml_collections.ConfigDict:
   # SIDReasoner (model.name='sidreasoner', s2gr_jax/lm/reasoner.py): `stage` runs one
   # of its stages ('align' | 'activate' | 'rl' | 'eval') after tokenize; '' runs
   # config.stages. `reasoner.lm`: 'gemma3_270m' (GGUF fetched on first use, or
-  # `lm_path`) | 'tiny' (random tiny LM, byte vocabulary: tests). LoRA with
+  # `lm_path`) | 'tiny' (random tiny LM, byte vocabulary: tests). `sid_init`: the new SID
+  # tokens' embedding rows, 'text' (each the mean title embedding of the items with its
+  # code) | 'mean' (all at the mean row). LoRA with
   # `lora_rank` > 0 (`train_embeddings`: the tied embedding trains too, which the new
   # SID tokens need); `max_history`: the items in training prompts; `bucket`: batches
   # padded to a multiple of it (0: to seq_len). Per stage: `steps` (0 skips it),
@@ -159,7 +161,8 @@ def base_config() -> ml_collections.ConfigDict:
   # same users).
   c.stage = ""
   c.reasoner = ml_collections.ConfigDict(dict(
-      lm="gemma3_270m", lm_path="", lora_rank=16, lora_alpha=32.0, train_embeddings=True,
+      lm="gemma3_270m", lm_path="", sid_init="text", lora_rank=16, lora_alpha=32.0,
+      train_embeddings=True,
       dtype="float32", remat=False, max_history=10, seq_len=384, bucket=64, chunk=256,
       val_examples=256,
       align=dict(streams=",".join(_corpus_streams()), weights="", narratives="",
@@ -188,6 +191,7 @@ def validate_reasoner(config: ml_collections.ConfigDict) -> None:
   from s2gr_jax.lm import reasoner  # pylint: disable=g-import-not-at-top
   r = config.reasoner
   _choice("reasoner.lm", r.lm, ("gemma3_270m", "tiny"))
+  _choice("reasoner.sid_init", r.sid_init, ("text", "mean"))
   streams = [x.strip() for x in str(r.align.streams).split(",") if x.strip()]
   bad = [x for x in streams if x not in corpus.STREAMS]
   if bad or not streams:

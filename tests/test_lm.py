@@ -136,6 +136,43 @@ def test_sid_vocabulary_maps_codes_and_grows_the_tied_embedding():
   assert logits.shape == (2, 3, tok.vocab_size)
 
 
+def test_sid_rows_from_text_are_the_rescaled_mean_title_rows_of_each_codes_items():
+  table = np.array([[3.0, 0.0], [0.0, 4.0], [1.0, 1.0], [2.0, 2.0]], np.float32)
+  scale = np.linalg.norm(table, axis=1).mean()
+  codes = np.array([[0, 1], [0, 0], [1, 0]])  # 3 items, 2 levels of 3 and 2 codes
+  texts = [[0, 0, 1], [1], []]  # item 2 has no text
+  rows = sid_vocab.rows_from_text(table, codes, (3, 2), texts)
+  assert rows.shape == (5, 2)
+  item0 = (2 * table[0] + table[1]) / 3
+  item1 = table[1]
+  def unit(v):
+    return v / np.linalg.norm(v) * scale
+  # level 0: code 0 = items 0 and 1; code 1 = item 2 only (no text); code 2 unused
+  np.testing.assert_allclose(rows[0], unit((item0 + item1) / 2), rtol=1e-5)
+  np.testing.assert_allclose(rows[1], table.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(rows[2], table.mean(0), rtol=1e-5)
+  # level 1: code 0 = item 1 (item 2 has no text); code 1 = item 0
+  np.testing.assert_allclose(rows[3], unit(item1), rtol=1e-5)
+  np.testing.assert_allclose(rows[4], unit(item0), rtol=1e-5)
+  with pytest.raises(ValueError, match="outside the base vocabulary"):
+    sid_vocab.rows_from_text(table, codes, (3, 2), [[0], [7], []])
+  with pytest.raises(ValueError, match="do not match"):
+    sid_vocab.rows_from_text(table, codes[:2], (3, 2), texts)
+  # written at the SID ids of a grown model, the other rows untouched
+  tok = tok_lib.Tokenizer(*byte_vocab())
+  model = tiny(vocab_size=tok.vocab_size)
+  vocab = sid_vocab.SidVocab.add_to(tok, (3, 2), model)
+  before = np.asarray(model.embed.embedding[...])
+  new = np.arange(5 * before.shape[1], dtype=np.float32).reshape(5, -1)
+  sid_vocab.set_rows(model, vocab.all_ids(), new)
+  after = np.asarray(model.embed.embedding[...])
+  np.testing.assert_array_equal(after[vocab.all_ids()], new)
+  assert vocab.all_ids().tolist() == [tok.token_id(t) for t in (
+      "<a_0>", "<a_1>", "<a_2>", "<b_0>", "<b_1>")]
+  keep = np.setdiff1d(np.arange(len(after)), vocab.all_ids())
+  np.testing.assert_array_equal(after[keep], before[keep])
+
+
 def test_greedy_generation_and_beam_search_agree_with_the_full_forward_pass():
   model = tiny(seed=1)
   tokens, valid = generate.pad_prompts([[5, 6, 7, 8], [9, 10]])

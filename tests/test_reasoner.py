@@ -96,6 +96,36 @@ def test_a_thinking_rollouts_sid_is_a_catalogue_item_and_parses_back():
   assert np.asarray(out.sampled)[:, -table.num_levels:].all()
 
 
+def test_text_init_gives_each_sid_token_its_items_title_row_and_mean_init_one_row():
+  from s2gr_jax.lm import reasoner  # pylint: disable=g-import-not-at-top
+  table = _table()
+  item_text = [{"title": t} for t in ("he", "hello", "ll", "llo", "hello he", "he he")]
+  rcfg = ml_collections.ConfigDict(dict(lm="tiny", lora_rank=0, lora_alpha=1.0,
+                                        dtype="float32", remat=False, sid_init="mean"))
+  mean = reasoner.make_setup(rcfg, table, item_text=item_text)
+  rcfg.sid_init = "text"
+  text = reasoner.make_setup(rcfg, table, item_text=item_text)
+  ids = text.vocab.all_ids()
+  np.testing.assert_array_equal(ids, mean.vocab.all_ids())
+  m_rows = np.asarray(mean.base_model().embed.embedding[...])
+  t_model = text.base_model()
+  t_rows = np.asarray(t_model.embed.embedding[...])
+  base = text.base_vocab
+  np.testing.assert_array_equal(t_rows[:base], m_rows[:base])  # pretrained rows kept
+  np.testing.assert_array_equal(t_rows[base:][~np.isin(np.arange(base, len(t_rows)), ids)],
+                                m_rows[base:][~np.isin(np.arange(base, len(m_rows)), ids)])
+  assert np.unique(m_rows[ids], axis=0).shape[0] == 1  # 'mean': one shared row
+  codes = table.lookup()[1:]
+  texts = [text.tok.encode(t["title"]) for t in item_text]
+  want = sid_vocab.rows_from_text(m_rows[:base], codes, text.vocab.sizes, texts)
+  np.testing.assert_allclose(t_rows[ids], want, rtol=1e-6)
+  # level 0: codes 0, 1 and 2 are used by different items, so their rows differ
+  assert np.unique(t_rows[ids[:3]], axis=0).shape[0] == 3
+  # the model with the text rows still runs, and a second base_model reuses the rows
+  assert t_model(jnp.asarray([ids[:3]])).shape == (1, 3, text.cfg.vocab_size)
+  np.testing.assert_array_equal(np.asarray(text.base_model().embed.embedding[...]), t_rows)
+
+
 def test_sequence_log_probs_are_the_full_forward_passs_at_the_sampled_tokens():
   _, tok, model, _, close = _tiny_setup()
   prompt = jnp.asarray([[0, 2, 10, 11], [2, 12, 13, 14]])
@@ -205,6 +235,10 @@ def test_bad_reasoner_settings_fail_naming_the_key():
   c = recipe.get_config("tiny")
   c.reasoner.eval.modes = "plain,dream"
   with pytest.raises(ValueError, match="reasoner.eval.modes.*dream"):
+    config_lib.validate(c)
+  c = recipe.get_config("tiny")
+  c.reasoner.sid_init = "random"
+  with pytest.raises(ValueError, match="reasoner.sid_init='random'"):
     config_lib.validate(c)
   c = recipe.get_config("tiny")
   c.reasoner.rl.micro_batch = 3

@@ -86,10 +86,11 @@ def history_pairs(sequences: Iterable[Sequence[int]], max_history: int = 10):
       yield user, pos, part[max(0, pos - max_history):pos], part[pos]
 
 
-def _title(item_text, item: int) -> str:
+def title(item_text, item: int) -> str:
+  """The item's title, whitespace collapsed (``item N`` when it has none)."""
   rec = item_text[item - 1] if item_text is not None else None
-  title = (rec or {}).get("title") or f"item {item}"
-  return " ".join(str(title).split())
+  name = (rec or {}).get("title") or f"item {item}"
+  return " ".join(str(name).split())
 
 
 def _categories(item_text, item: int) -> list[str]:
@@ -126,18 +127,18 @@ def alignment_samples(sequences: Sequence[Sequence[int]], item_text, sid_text:
   pairs = list(history_pairs(sequences, max_history))
   for _, _, hist, target in pairs:
     sids = ", ".join(sid_text(i) for i in hist)
-    titles = _quoted([_title(item_text, i) for i in hist])
+    titles = _quoted([title(item_text, i) for i in hist])
     if "sid_history_to_sid" in streams:
       system, user = next_sid_messages(sids)
       out.append(Sample("sid_history_to_sid", sid_text(target), system=system, user=user))
     if "sid_history_to_title" in streams:
-      out.append(Sample("sid_history_to_title", _title(item_text, target), system=(
+      out.append(Sample("sid_history_to_title", title(item_text, target), system=(
           f"{INSTRUCTION}\nRecommend the next item from the user's history."),
           user=f"The user interacted with the items {sids}, in this order. What is the "
           "title of the item they will want next?"))
     if "title_history_to_title" in streams:
       task = _TITLE_TASKS[int(rng.integers(len(_TITLE_TASKS)))]
-      out.append(Sample("title_history_to_title", f'"{_title(item_text, target)}"',
+      out.append(Sample("title_history_to_title", f'"{title(item_text, target)}"',
                         system=f"{INSTRUCTION}\n{task}",
                         user=f"The user bought these {kind}items before: {titles}."))
     if "title_history_to_sid" in streams:
@@ -149,12 +150,12 @@ def alignment_samples(sequences: Sequence[Sequence[int]], item_text, sid_text:
   items = sorted({i for seq in sequences for i in seq})
   item_system = f"{INSTRUCTION}\nAnswer the question about the item's identity."
   for item in items:
-    title = _title(item_text, item)
+    name = title(item_text, item)
     if "title_to_sid" in streams:
       out.append(Sample("title_to_sid", sid_text(item), system=item_system,
-                        user=f"Which item has the title: {title}?"))
+                        user=f"Which item has the title: {name}?"))
     if "sid_to_title" in streams:
-      out.append(Sample("sid_to_title", title, system=item_system,
+      out.append(Sample("sid_to_title", name, system=item_system,
                         user=f"What is the title of the item {sid_text(item)}?"))
     if "item_text" in streams:
       out.append(Sample("item_text", item_description(item_text, item, sid_text),
@@ -167,7 +168,7 @@ def alignment_samples(sequences: Sequence[Sequence[int]], item_text, sid_text:
 def item_description(item_text, item: int, sid_text: Callable[[int], str]) -> str:
   """An item's metadata as text with its SID inline."""
   rec = (item_text[item - 1] if item_text is not None else None) or {}
-  parts = [f'The item {sid_text(item)} is "{_title(item_text, item)}"']
+  parts = [f'The item {sid_text(item)} is "{title(item_text, item)}"']
   if rec.get("brand"):
     parts[0] += f", by {' '.join(str(rec['brand']).split())}"
   text = parts[0] + "."
@@ -185,7 +186,7 @@ def rationale(item_text, hist: Sequence[int], target: int, recent: int = 3) -> s
   the next item's category relates to them."""
   leaves = [_leaf(item_text, i) for i in hist]
   counts = collections.Counter(c for c in leaves if c)
-  recent_titles = _quoted([_title(item_text, i) for i in hist[-recent:]])
+  recent_titles = _quoted([title(item_text, i) for i in hist[-recent:]])
   lines = [f"The most recent items are {recent_titles}."]
   if counts:
     top = ", ".join(f"{c} ({n})" for c, n in counts.most_common(3))

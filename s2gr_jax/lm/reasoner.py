@@ -13,10 +13,13 @@ starts from the best checkpoint of the latest earlier stage that ran.
 | `eval`     | — : every model found (base, align, activate, rl), both modes, both protocols, beside popularity, the transition rows and the ``reasoner.eval.compare`` runs | `results.md` | — |
 
 **Vocabulary**: the SID tokens ``<a_i><b_j><c_k><d_m>`` of the run's table
-(``sid_vocab``) and ``<think>``, ``</think>`` are added to Gemma's tokenizer; their
-embedding rows start at the mean row. With LoRA (``reasoner.lora_rank`` > 0) the
-adapters and, with ``reasoner.train_embeddings``, the tied embedding train (without it
-the new tokens would stay one shared row).
+(``sid_vocab``) and ``<think>``, ``</think>`` are added to Gemma's tokenizer. Their
+embedding rows start at the mean row, except that with ``reasoner.sid_init='text'``
+(the default) each SID token starts at the mean title embedding of the items that
+carry its code: the model starts with SID tokens it can tell apart and that relate to
+the titles. With LoRA (``reasoner.lora_rank`` > 0) the adapters and, with
+``reasoner.train_embeddings``, the tied embedding train (without it the new tokens
+would keep their first rows).
 
 **Prompts**: non-thinking (stage 1 and the non-thinking evaluation): the next-SID
 question, then an empty think block ``<think>\\n</think>\\n\\n`` in the prompt, the SID
@@ -86,6 +89,9 @@ class Setup:
   think_close: int
   separator: tuple[int, ...]  # "\n\n" after </think>
   seed: int = 0
+  sid_init: str = "mean"  # 'mean' | 'text': the SID tokens' first rows (base_model)
+  item_text: Any = None  # the dataset's item_text (titles for sid_init='text')
+  _text_rows: Any = dataclasses.field(default=None, repr=False)
 
   @functools.cached_property
   def codes(self) -> np.ndarray:
@@ -100,12 +106,29 @@ class Setup:
 
   def base_model(self) -> gemma.Gemma3:
     """The pretrained model (or the random tiny one), embedding grown for the added
-    tokens (new rows at the mean row)."""
+    tokens: new rows at the mean row, and with ``sid_init='text'`` each SID token at
+    the mean title embedding of its items (``sid_vocab.rows_from_text``)."""
     from s2gr_jax import lm  # pylint: disable=g-import-not-at-top
     model = lm.build(dataclasses.replace(self.cfg, vocab_size=self.base_vocab),
                      self.params, seed=self.seed)
+    if self.sid_init == "text":
+      rows = self.text_rows(np.asarray(model.embed.embedding[...]))
     sid_vocab.grow_embedding(model, self.cfg.vocab_size)
+    if self.sid_init == "text":
+      sid_vocab.set_rows(model, self.vocab.all_ids(), rows)
     return model
+
+  def text_rows(self, table: np.ndarray) -> np.ndarray:
+    """The SID tokens' rows from the items' titles (computed once per process)."""
+    if self._text_rows is None:
+      start = time.time()
+      codes = self.codes[1:]
+      texts = [self.tok.encode(corpus.title(self.item_text, i))
+               for i in range(1, len(codes) + 1)]
+      self._text_rows = sid_vocab.rows_from_text(table, codes, self.vocab.sizes, texts)
+      log.info("SID token rows from %d item titles (%.1f s)", len(texts),
+               time.time() - start)
+    return self._text_rows
 
   def prompt(self, history, think: bool, max_len: int = 0) -> list[int]:
     """The token ids of the question over ``history`` (item ids, oldest first): the
@@ -124,7 +147,7 @@ class Setup:
       hist = hist[1:]
 
 
-def make_setup(rcfg, table, seed: int = 0) -> Setup:
+def make_setup(rcfg, table, seed: int = 0, item_text=None) -> Setup:
   """The LM of ``reasoner.lm`` ('gemma3_270m': the GGUF, fetched on first use, or
   ``reasoner.lm_path``; 'tiny': random weights of the tiny config and a byte-level
   vocabulary, for tests) with the SID and think tokens added."""
@@ -147,12 +170,14 @@ def make_setup(rcfg, table, seed: int = 0) -> Setup:
   cfg = dataclasses.replace(cfg, vocab_size=tok.vocab_size)
   return Setup(tok=tok, vocab=vocab, cfg=cfg, base_vocab=base_vocab, params=params,
                table=table, think_open=think_open, think_close=think_close,
-               separator=tuple(tok.encode("\n\n")), seed=seed)
+               separator=tuple(tok.encode("\n\n")), seed=seed,
+               sid_init=str(rcfg.get("sid_init", "mean")), item_text=item_text)
 
 
 def setup_of(ctx) -> Setup:
   if ctx.lm is None:
-    ctx.lm = make_setup(ctx.config.reasoner, ctx.need_table("sidreasoner"), ctx.config.seed)
+    ctx.lm = make_setup(ctx.config.reasoner, ctx.need_table("sidreasoner"), ctx.config.seed,
+                        ctx.dataset.item_text)
   return ctx.lm
 
 

@@ -164,8 +164,8 @@ def make_step(graphdef, wrt=nnx.Param, chunk: int = 256):
 def trainable(cfg: gemma.GemmaConfig, embeddings: bool = False):
   """The parameters fine-tuning updates: the LoRA adapters (``cfg.lora_rank`` > 0) or
   every parameter; with ``embeddings`` the (tied) embedding matrix too, as LoRA must
-  when tokens were added (new SID tokens start as one shared mean row: without
-  training it they stay indistinguishable)."""
+  when tokens were added (new SID tokens start at the mean row or at their items'
+  mean title row: without training it they stay one shared row, or text-like)."""
   if not cfg.lora_rank:
     return nnx.Param
   if embeddings:
