@@ -25,9 +25,11 @@ with ``--config.train.num_steps=2000`` (3.9 epochs; 46-48 min of training a seed
 shared), 3 seeds, test R@10 0.0294 +- 0.0005, N@10 0.0149 +- 0.0003, against TIGER at the
 same budget 0.0328 +- 0.0004 / 0.0166 +- 0.0003 (both still rising at step 2,000); the
 full ``:converge`` (about 90 min a seed) has not been run. ``:converge_grpo`` with the same
-2,000 supervised steps (2026-12-07, seeds 0 and 1, code 91ee8ad): held-out SFT 0.0263 ±
-0.0004 / 0.0131 ± 0.0003 -> + 600 GRPO steps 0.0306 ± 0.0002 / 0.0155 ± 0.0000 (TIGER
-0.0392 / 0.0194). Last-item floor 0.0717 / 0.0460.
+2,000 supervised steps (2026-12-07, 3 seeds, code 91ee8ad / c1069c0): held-out SFT 0.0262 ±
+0.0002 / 0.0131 ± 0.0002 -> + 600 GRPO steps 0.0307 ± 0.0001 / 0.0155 ± 0.0000 (TIGER
+0.0389 / 0.0192). At d_model 128 (seed 0) REG4Rec 0.0336 / 0.0173 and TIGER on these
+MPQ tokens 0.0347 / 0.0176, against TIGER on its RQ-VAE tokens 0.0398 / 0.0193 (seed 1:
+0.0340 against 0.0408 R@10): the gap is the tokens. Last-item floor 0.0717 / 0.0460.
 """
 
 from s2gr_jax import config_lib
