@@ -27,9 +27,9 @@ same budget 0.0328 +- 0.0004 / 0.0166 +- 0.0003 (both still rising at step 2,000
 full ``:converge`` (about 90 min a seed) has not been run. ``:converge_grpo`` with the same
 2,000 supervised steps (2026-12-07, 3 seeds, code 91ee8ad / c1069c0): held-out SFT 0.0262 ±
 0.0002 / 0.0131 ± 0.0002 -> + 600 GRPO steps 0.0307 ± 0.0001 / 0.0155 ± 0.0000 (TIGER
-0.0389 / 0.0192). At d_model 128 (seed 0) REG4Rec 0.0336 / 0.0173 and TIGER on these
-MPQ tokens 0.0347 / 0.0176, against TIGER on its RQ-VAE tokens 0.0398 / 0.0193 (seed 1:
-0.0340 against 0.0408 R@10): the gap is the tokens. Last-item floor 0.0717 / 0.0460.
+0.0389 / 0.0192). Widened to d_model 128 (full data, 2,000 steps, seeds 0-1): REG4Rec
+0.0331 / 0.0169, TIGER on these MPQ tokens 0.0344 / 0.0173, TIGER on its RQ-VAE tokens
+0.0403 / 0.0199: the gap to TIGER is the tokens. Last-item floor 0.0717 / 0.0460.
 """
 
 from s2gr_jax import config_lib
