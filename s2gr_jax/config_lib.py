@@ -66,8 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
   # and restarts per codebook (0 turns them off). `combine` 'sum' (the paper's) |
   # 'concat' and `independence_weight` (mutual information between the experts' soft
   # assignments) are ours, against experts that learn the same partition (sid/mpq.py).
+  # `codebook_sizes` (one per expert, e.g. (16, 64, 256, 256)) gives the codebooks
+  # different sizes; empty: tokenizer.codebook_size each.
   c.tokenizer.mpq = ml_collections.ConfigDict(dict(
-      experts=4, latent_dim=32, hidden=(256, 128), steps=3000, batch_size=1024, lr=1e-3,
+      experts=4, codebook_sizes=(), latent_dim=32, hidden=(256, 128), steps=3000, batch_size=1024, lr=1e-3,
       commitment=0.25, orthogonality_weight=0.1, combine="sum", independence_weight=0.0,
       independence_temperature=0.1, init_items=20_000, log_every=250,
       balance_gamma=0.5, balance_eps=0.2, usage_decay=0.99, restart_every=100,
@@ -463,6 +465,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if mpq_cfg.experts < 2:
     raise ValueError(f"config.tokenizer.mpq.experts={mpq_cfg.experts}: MPQ needs at least "
                      "2 parallel codebooks")
+  sizes = tuple(mpq_cfg.codebook_sizes)
+  if sizes and (len(sizes) != mpq_cfg.experts or min(sizes) < 2):
+    raise ValueError(f"config.tokenizer.mpq.codebook_sizes={sizes}: expected one size "
+                     f"per expert ({mpq_cfg.experts}), each at least 2, or () for "
+                     "tokenizer.codebook_size each")
   if mpq_cfg.combine not in ("sum", "concat"):
     raise ValueError(f"config.tokenizer.mpq.combine={mpq_cfg.combine!r}: expected 'sum' "
                      "or 'concat'")

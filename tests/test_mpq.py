@@ -162,3 +162,33 @@ def test_token_categories_by_majority_on_a_hand_made_case():
   assert per_level[1].tolist() == [0, 0]  # tie (hats 1, tools 1) -> the smaller id
   attrs, _ = categories.item_categories(None, [[7, 1], [], [7]], 3)
   assert attrs.tolist() == [0, -1, 0]
+
+
+def test_codebooks_of_different_sizes():
+  sizes = (3, 8, 5, 8)
+  q = _small(codebook_sizes=sizes, steps=100).fit(_data())
+  assert q.codebook_sizes == sizes
+  for r, k in enumerate(sizes):  # codes stay inside their own codebook, and use it
+    assert 0 <= q.codes[:, r].min() and q.codes[:, r].max() < k
+    assert len(np.unique(q.codes[:, r])) == k
+    assert q.codebooks[r].shape == (k, 4)
+  assert q.history["loss"][-1] < q.history["loss"][0]
+  table = table_lib.SidTable.from_semantic_codes(q.codes, q.codebook_sizes, q.ordered,
+                                                 q.codebooks)
+  assert table.codebook_sizes[:4] == sizes
+  assert len(np.unique(table.codes, axis=0)) == 400
+  # padded rows never win, whatever the distances: a padded code at the input itself
+  model = mpq.MPQModel(12, (16,), 4, 2, (2, 4), rngs=nnx.Rngs(0))
+  e = model.encode(jnp.asarray(_data(n=6)))
+  model.codebooks[...] = model.codebooks[...].at[0, 2:].set(e[0, :2])
+  codes, _ = model.quantize(e, 0.0, 0.2)
+  assert int(codes[:, 0].max()) < 2
+  with pytest.raises(ValueError, match="one size per expert"):
+    _small(codebook_sizes=(8, 8)).fit(_data())
+  c = config_lib.base_config()
+  c.tokenizer.kind = "mpq"
+  c.tokenizer.mpq.codebook_sizes = (16, 256, 256, 256)
+  assert quantizers.make_quantizer(c.tokenizer).sizes == (16, 256, 256, 256)
+  c.tokenizer.mpq.codebook_sizes = (16, 256)
+  with pytest.raises(ValueError, match="codebook_sizes"):
+    config_lib.validate(c)

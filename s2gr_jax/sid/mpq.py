@@ -22,6 +22,12 @@ is ours). Codebooks start from k-means of each expert's encodings; load balancin
 dead-code restarts are CoBa's (``rqvae.balanced_distances``, ``rqvae.update_usage``,
 ``rqvae.restart_dead_codes``), applied per codebook.
 
+``codebook_sizes`` (ours; one per expert, e.g. (16, 64, 256, 256)) gives the parallel
+codebooks different sizes: coarse ones whose code is easy to predict first and fine ones
+that tell items apart, still unordered (the search picks the order). Codebooks are kept
+padded to the largest size; a padded code is never chosen and its usage is held at its
+codebook's mean, so balancing and restarts act on the real codes only.
+
 Output: ``QuantizedItems`` with ``ordered=False`` and one level per expert; the SID
 table adds the de-duplication token to items that share all M tokens. The history holds
 per-codebook utilisation and perplexity, collisions, reconstruction error, the router's
@@ -111,10 +117,19 @@ class MPQModel(nnx.Module):
   """M expert encoders, a router, M codebooks [M, D, latent] and one decoder."""
 
   def __init__(self, in_dim: int, hidden: tuple[int, ...], latent_dim: int, experts: int,
-               codebook_size: int, *, rngs: nnx.Rngs, combine: str = "sum"):
+               codebook_size: int | tuple[int, ...], *, rngs: nnx.Rngs,
+               combine: str = "sum"):
     if combine not in COMBINES:
       raise ValueError(f"tokenizer.mpq.combine={combine!r}: expected one of {COMBINES}")
     self.combine = combine
+    # One size per codebook (an int: the same for all). Codebooks are stored padded to
+    # the largest; the padded rows are never chosen (``valid``) and their usage is held
+    # at the mean of the real codes, so balancing and restarts see only real codes.
+    sizes = ((int(codebook_size),) * experts if np.ndim(codebook_size) == 0
+             else tuple(int(k) for k in codebook_size))
+    self.sizes = sizes
+    width = max(sizes)
+    codebook_size = width
     dims = (in_dim,) + tuple(hidden) + (latent_dim,)
     self.experts = nnx.List([
         nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims, dims[1:])])
@@ -123,7 +138,8 @@ class MPQModel(nnx.Module):
     back = ((latent_dim * experts if combine == "concat" else latent_dim),) + dims[-2::-1]
     self.decoder = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(back, back[1:])])
     self.codebooks = nnx.Param(jnp.zeros((experts, codebook_size, latent_dim)))
-    self.usage = rqvae.CodeUsage(jnp.full((experts, codebook_size), 1.0 / codebook_size))
+    self.usage = rqvae.CodeUsage(
+        jnp.asarray([[1.0 / k] * width for k in sizes], jnp.float32))
 
   def encode(self, x):
     """Expert outputs [M, B, latent]."""
@@ -145,8 +161,30 @@ class MPQModel(nnx.Module):
     return rqvae.mlp(self.decoder, q)
 
   def distances(self, e):
-    """Squared distances [M, B, K] of each expert's outputs to its own codebook."""
-    return jax.vmap(clustering.sq_dists)(e, self.codebooks[...])
+    """Squared distances [M, B, K] of each expert's outputs to its own codebook (padded
+    codes of a smaller codebook at a distance no real code reaches)."""
+    dist = jax.vmap(clustering.sq_dists)(e, self.codebooks[...])
+    return self.mask(dist)
+
+  @property
+  def valid(self):
+    """bool[M, K]: which rows of the padded codebooks are real codes."""
+    return jnp.asarray(np.arange(max(self.sizes))[None, :]
+                       < np.asarray(self.sizes)[:, None])
+
+  def mask(self, dist):
+    """``dist`` [M, B, K] with the padded codes pushed out of reach."""
+    if len(set(self.sizes)) == 1:
+      return dist
+    far = jax.lax.stop_gradient(dist.max()) * 4.0 + 1.0
+    return jnp.where(self.valid[:, None, :], dist, far)
+
+  def hold_padding(self, usage):
+    """Usage [M, K] with each padded code's entry set to the mean of its codebook's real
+    codes (never dead, ratio 1 under balancing)."""
+    valid = self.valid.astype(usage.dtype)
+    mean = (usage * valid).sum(1, keepdims=True) / valid.sum(1, keepdims=True)
+    return jnp.where(self.valid, usage, mean)
 
   def quantize(self, e, gamma: float, eps: float):
     """Nearest code of each expert's own codebook (CoBa's balancing when γ > 0): codes
@@ -155,7 +193,7 @@ class MPQModel(nnx.Module):
     usage = jax.lax.stop_gradient(self.usage[...])
     dist = jax.vmap(clustering.sq_dists)(jax.lax.stop_gradient(e), codebooks)  # [M,B,K]
     dist = jax.vmap(lambda d, u: rqvae.balanced_distances(d, u, gamma, eps))(dist, usage)
-    idx = dist.argmin(-1).astype(jnp.int32)  # [M, B]
+    idx = self.mask(dist).argmin(-1).astype(jnp.int32)  # [M, B]
     chosen = jax.vmap(lambda book, i: book[i])(codebooks, idx)
     return idx.T, chosen
 
@@ -171,6 +209,9 @@ class MPQ:
 
   experts: int = 4
   codebook_size: int = 256
+  # Codes per codebook, one entry per expert (e.g. (16, 64, 256, 256): coarse and fine
+  # parallel codebooks); empty: ``codebook_size`` for every codebook.
+  codebook_sizes: tuple[int, ...] = ()
   latent_dim: int = 32
   hidden: tuple[int, ...] = (256, 128)
   steps: int = 3000
@@ -218,7 +259,8 @@ class MPQ:
       grad_fn = nnx.value_and_grad(lambda m: self.loss(m, x), has_aux=True)
       (_, (parts, codes, e)), grads = grad_fn(model)
       opt.update(model, grads)
-      usage = rqvae.update_usage(model.usage[...], codes, self.usage_decay)
+      usage = model.hold_padding(
+          rqvae.update_usage(model.usage[...], codes, self.usage_decay))
       if self.restart_every > 0:  # dead codes jump onto this batch's encodings
         model.codebooks[...], usage, parts["restarted"] = rqvae.restart_dead_codes(
             model.codebooks[...], usage, e, key, self.restart_threshold, restart)
@@ -231,9 +273,20 @@ class MPQ:
     """k-means of each expert's encodings of a large first batch."""
     rng = np.random.default_rng(self.seed)
     e = model.encode(jnp.asarray(x[rng.permutation(len(x))[:self.init_items]]))
-    model.codebooks[...] = jnp.stack([
-        clustering.kmeans(e[r], jax.random.fold_in(key, r), k=self.codebook_size,
-                          iters=self.kmeans_iters)[0] for r in range(self.experts)])
+    width = max(self.sizes)
+    books = []
+    for r, k in enumerate(self.sizes):
+      book = clustering.kmeans(e[r], jax.random.fold_in(key, r), k=k,
+                               iters=self.kmeans_iters)[0]
+      books.append(jnp.pad(book, ((0, width - k), (0, 0))))
+    model.codebooks[...] = jnp.stack(books)
+
+  @property
+  def sizes(self) -> tuple[int, ...]:
+    """Codes per codebook."""
+    if not self.codebook_sizes:
+      return (int(self.codebook_size),) * self.experts
+    return tuple(int(k) for k in self.codebook_sizes)
 
   def assign_all(self, model: MPQModel, x: np.ndarray):
     """Codes int[N, M], reconstruction MSE, mean router weights, mean |cos| [M, M]."""
@@ -260,16 +313,23 @@ class MPQ:
     n = x.shape[0]
     if self.experts < 2:
       raise ValueError(f"tokenizer.mpq.experts={self.experts}: MPQ needs at least 2")
-    if n < self.codebook_size:
-      raise ValueError(f"{n} items are fewer than tokenizer.codebook_size="
-                       f"{self.codebook_size} codes per codebook")
+    if self.codebook_sizes and len(self.codebook_sizes) != self.experts:
+      raise ValueError(f"tokenizer.mpq.codebook_sizes={tuple(self.codebook_sizes)}: "
+                       f"expected one size per expert ({self.experts})")
+    if min(self.sizes) < 2:
+      raise ValueError(f"tokenizer.mpq.codebook_sizes={self.sizes}: every codebook needs "
+                       "at least 2 codes")
+    if n < max(self.sizes):
+      raise ValueError(f"{n} items are fewer than the {max(self.sizes)} codes of the "
+                       "largest codebook (tokenizer.codebook_size / "
+                       "tokenizer.mpq.codebook_sizes)")
     x = rqvae.standardize(x)
     batch = min(self.batch_size, n)
     if self.mesh is not None:
       batch -= batch % self.mesh.shape["data"]
     key = jax.random.key(self.seed)
     model = MPQModel(x.shape[1], self.hidden, self.latent_dim, self.experts,
-                     self.codebook_size, rngs=nnx.Rngs(self.seed), combine=self.combine)
+                     self.sizes, rngs=nnx.Rngs(self.seed), combine=self.combine)
     self._init_codebooks(model, x, jax.random.fold_in(key, 1))
     opt = nnx.Optimizer(model, optax.adam(self.lr), wrt=nnx.Param)
     graphdef, state = nnx.split((model, opt))
@@ -287,7 +347,7 @@ class MPQ:
       if step % self.log_every == 0 or step == self.steps:
         model, _ = nnx.merge(graphdef, state)
         codes, mse, router, _ = self.assign_all(model, x)
-        stats = diagnostics.code_stats(codes, self.codebook_size)
+        stats = diagnostics.code_stats(codes, self.sizes)
         means = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
         window = []
         for k, v in (("step", step), ("utilization", stats["utilization"]),
@@ -311,6 +371,8 @@ class MPQ:
     codes, mse, router, corr = self.assign_all(model, x)
     history.update(final_recon_mse=mse, router_mean_final=router, expert_correlation=corr)
     return QuantizedItems(codes=codes.astype(np.int32),
-                          codebook_sizes=(self.codebook_size,) * self.experts,
-                          codebooks=list(np.asarray(model.codebooks[...])), ordered=False,
+                          codebook_sizes=self.sizes,
+                          codebooks=[np.asarray(book[:k]) for book, k in
+                                     zip(model.codebooks[...], self.sizes)],
+                          ordered=False,
                           history=history)

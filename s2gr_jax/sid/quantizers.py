@@ -42,7 +42,8 @@ def _rqvae(tcfg, mesh, callback, coba: bool = False) -> Quantizer:
 
 
 def _mpq(tcfg, mesh, callback) -> Quantizer:
-  settings = dict(tcfg.mpq.to_dict(), hidden=tuple(tcfg.mpq.hidden))
+  settings = dict(tcfg.mpq.to_dict(), hidden=tuple(tcfg.mpq.hidden),
+                  codebook_sizes=tuple(tcfg.mpq.codebook_sizes))
   return mpq.MPQ(codebook_size=tcfg.codebook_size, kmeans_iters=tcfg.kmeans_iters,
                  seed=tcfg.seed, mesh=mesh, callback=callback, **settings)
 
