@@ -259,3 +259,25 @@ def test_token_category_given_directly_and_checked():
   assert np.asarray(index.token_category).tolist() == cats.tolist()
   with pytest.raises(ValueError, match="12 semantic tokens"):
     sets.CodeSets.from_table(table, token_category=np.zeros(5))
+
+
+def test_next_targets_train_only_the_codebook_each_position_emits():
+  table = unordered_table()
+  batch = factories.batch(table, batch_size=4)
+  both = {t: tiny_reg4rec(table, order="fixed", targets=t) for t in ("remaining", "next")}
+  _, rem = both["remaining"].loss(batch)
+  _, nxt = both["next"].loss(batch)
+  model = both["next"]  # same seed, same parameters: compare with hand-computed terms
+  m = table.semantic_levels
+  orders = model.orders(4, None)
+  lp = model.all_log_probs(model.ordered_hidden(batch, orders)[:, :m])
+  flat = np.asarray(model.flat_targets(batch["target_codes"]))
+  gold = np.take_along_axis(np.asarray(lp), flat[:, None, :].repeat(m, 1), axis=2)
+  w = np.asarray(batch["weight"])
+  for t in range(m):  # fixed order: position t emits codebook t
+    want_next = -(gold[:, t, t] * w).sum() / max(w.sum(), 1.0)
+    want_rem = -(gold[:, t, t:].mean(1) * w).sum() / max(w.sum(), 1.0)
+    np.testing.assert_allclose(float(nxt[f"ce_step{t}"]), want_next, rtol=1e-5)
+    np.testing.assert_allclose(float(rem[f"ce_step{t}"]), want_rem, rtol=1e-5)
+  with pytest.raises(ValueError, match="targets='all'"):
+    tiny_reg4rec(table, targets="all")

@@ -21,6 +21,8 @@ width, so comparisons are fair). What differs is the path:
   search drops paths whose steps disagree in category (the tokens' majority item
   categories, ``sid/categories.py``); ``corp=False`` is the ablation.
 * ``order='fixed'`` is the ablation: training and search in codebook order 0..M-1.
+* ``targets='next'`` trains each position on the codebook its order emits there only,
+  not on every remaining one (with ``order='fixed'``: TIGER's loss on this backbone).
 
 The score of an item is the sum of its tokens' log-probabilities along the order the
 search took (``path_log_probs`` computes the same by teacher forcing, for tests and the
@@ -41,6 +43,7 @@ import optax
 from s2gr_jax.models import tiger
 
 ORDERS = ("confidence", "fixed")
+TARGETS = ("remaining", "next")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,10 @@ class Reg4RecConfig(tiger.TigerConfig):
   semantic_levels: int = 0  # M, from the SID table
   # 'confidence': random-order training, CRSS search; 'fixed': codebooks 0..M-1 (ablation)
   order: str = "confidence"
+  # What each decoder position is trained on: 'remaining' (every codebook not yet
+  # emitted, the recipe) or 'next' (only the codebook the teacher-forced order takes
+  # there; with order='fixed' this is TIGER's next-token loss over the same backbone).
+  targets: str = "remaining"
   # CORP, consistency-oriented pruning (decoding/sets.py): after `corp_step` steps
   # (0 = M - 1) a path whose adjacent steps share their token's category less often than
   # `corp_min_consistency` is dropped (a step of unknown category agrees with any).
@@ -96,6 +103,8 @@ class Reg4Rec(tiger.Tiger):
     if cfg.expand not in ("best_codebook", "all_codebooks"):
       raise ValueError(f"model.reg4rec.expand={cfg.expand!r}; choose 'best_codebook' or "
                        "'all_codebooks'")
+    if cfg.targets not in TARGETS:
+      raise ValueError(f"model.reg4rec.targets={cfg.targets!r}; choose one of {TARGETS}")
     if cfg.merge not in ("logsumexp", "max"):
       raise ValueError(f"model.reg4rec.merge={cfg.merge!r}; choose 'logsumexp' or 'max'")
     if cfg.unlikelihood_weight > 0:
@@ -222,7 +231,10 @@ class Reg4Rec(tiger.Tiger):
     flat = self.flat_targets(target)  # [B, M (codebooks)]
     gold = jnp.take_along_axis(lp, jnp.broadcast_to(flat[:, None, :], (b, m, m)), axis=2)
     rank = jnp.argsort(orders, axis=1)  # position at which each codebook is emitted
-    remaining = rank[:, None, :] >= jnp.arange(m)[None, :, None]  # [B, t, r]
+    if cfg.targets == "next":  # only the codebook emitted at position t
+      remaining = rank[:, None, :] == jnp.arange(m)[None, :, None]  # [B, t, r]
+    else:
+      remaining = rank[:, None, :] >= jnp.arange(m)[None, :, None]  # [B, t, r]
     per_position = -(gold * remaining).sum(2) / remaining.sum(2)  # [B, M]
     w = batch["weight"]
     denom = jnp.maximum(w.sum(), 1.0)
