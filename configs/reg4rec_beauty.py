@@ -29,7 +29,10 @@ full ``:converge`` (about 90 min a seed) has not been run. ``:converge_grpo`` wi
 0.0002 / 0.0131 ± 0.0002 -> + 600 GRPO steps 0.0307 ± 0.0001 / 0.0155 ± 0.0000 (TIGER
 0.0389 / 0.0192). Widened to d_model 128 (full data, 2,000 steps, seeds 0-1): REG4Rec
 0.0331 / 0.0169, TIGER on these MPQ tokens 0.0344 / 0.0173, TIGER on its RQ-VAE tokens
-0.0403 / 0.0199: the gap to TIGER is the tokens. Last-item floor 0.0717 / 0.0460.
+0.0403 / 0.0199. Last-item floor 0.0717 / 0.0460. MPQ variants at that budget (2026-12-07,
+eighth session): balancing off 0.0323 / 0.0165 (seed 0), mixed codebook sizes
+``--config.tokenizer.mpq.codebook_sizes="(16,64,256,256)"`` 0.0324 / 0.0157 (seeds 0-1):
+none closes the gap (docs/results.md, eighth session).
 """
 
 from s2gr_jax import config_lib
