@@ -69,7 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
   # `codebook_sizes` (one per expert, e.g. (16, 64, 256, 256)) gives the codebooks
   # different sizes; empty: tokenizer.codebook_size each.
   c.tokenizer.mpq = ml_collections.ConfigDict(dict(
-      experts=4, codebook_sizes=(), latent_dim=32, hidden=(256, 128), steps=3000, batch_size=1024, lr=1e-3,
+      experts=4, codebook_sizes=(), latent_dim=32, hidden=(256, 128), steps=3000,
+      batch_size=1024, lr=1e-3,
       commitment=0.25, orthogonality_weight=0.1, combine="sum", independence_weight=0.0,
       independence_temperature=0.1, init_items=20_000, log_every=250,
       balance_gamma=0.5, balance_eps=0.2, usage_decay=0.99, restart_every=100,
