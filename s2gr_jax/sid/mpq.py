@@ -182,6 +182,8 @@ class MPQModel(nnx.Module):
   def hold_padding(self, usage):
     """Usage [M, K] with each padded code's entry set to the mean of its codebook's real
     codes (never dead, ratio 1 under balancing)."""
+    if len(set(self.sizes)) == 1:
+      return usage
     valid = self.valid.astype(usage.dtype)
     mean = (usage * valid).sum(1, keepdims=True) / valid.sum(1, keepdims=True)
     return jnp.where(self.valid, usage, mean)
