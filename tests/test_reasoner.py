@@ -219,6 +219,41 @@ def test_three_stages_and_the_evaluation_through_the_entry_point(tmp_path):
   assert thoughts and all(1 <= t["target"] for t in thoughts)
   assert "eval rl think sidr test" in proc.stderr + proc.stdout
 
+  # An eval killed half way resumes from the rows it kept: a kept row is read back (a
+  # marked value shows it was not scored again), a missing row or one with a stale
+  # fingerprint is scored again and gives the same figures.
+  rows_path = os.path.join(workdir, "eval_rows.json")
+  rows = json.load(open(rows_path))
+  assert len(rows) == 4 * 2 * 2 * 2  # models x modes x protocols x splits
+  first = {k: v["metrics"] for k, v in rows.items()}
+  del rows["rl/think/sidr/test"]
+  rows["rl/plain/sidr/val"]["fingerprint"] = "stale"
+  rows["rl/plain/sidr/test"]["metrics"]["recall@20"] = 0.123456
+  json.dump(rows, open(rows_path, "w"))
+  os.remove(os.path.join(workdir, "results.json"))
+  proc = _main(*base, "--config.stage=eval", "--config.reasoner.eval.models=rl",
+               "--config.reasoner.eval.protocols=sidr")
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  assert results["rl/plain/sidr/test/recall@20"] == 0.123456
+  for key in ("rl/think/sidr/test", "rl/plain/sidr/val"):
+    assert {k: results[f"{key}/{k}"] for k in first[key]} == first[key]
+  log = proc.stderr + proc.stdout
+  assert "eval rl/plain/sidr/test: scored by an earlier" in log
+  assert "eval rl/think/sidr/test: scored by an earlier" not in log
+
+
+def test_a_damaged_eval_rows_file_is_set_aside_not_trusted(tmp_path, caplog):
+  from s2gr_jax.lm import reasoner  # pylint: disable=g-import-not-at-top
+  path = tmp_path / reasoner.ROWS_FILE
+  assert not reasoner._read_rows(path)
+  path.write_text('{"base/plain/spec/test": {"fingerprint": "x", "metr')  # cut short
+  with caplog.at_level("WARNING"):
+    assert not reasoner._read_rows(path)
+  assert "scored again" in caplog.text and str(path) in caplog.text
+  reasoner._write_rows(path, {"k": {"fingerprint": "f"}})
+  assert reasoner._read_rows(path) == {"k": {"fingerprint": "f"}}
+  assert not (tmp_path / (reasoner.ROWS_FILE + ".tmp")).exists()
+
 
 def test_bad_reasoner_settings_fail_naming_the_key():
   sys.path.insert(0, str(ROOT / "configs"))

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -577,6 +578,49 @@ def _compare_rows(ctx, spec: str, users, splits, histories: dict[str, int]):
   return out
 
 
+# Each scored row of the eval stage is kept in the workdir as it finishes, so that an
+# eval killed half way (hours of thinking rows on a CPU) resumes at the first row it had
+# not scored. A row is reused only when its fingerprint matches: the result-changing
+# config (less the keys that only choose which rows to score), the users and the
+# stage's summary (a retrained stage scores again).
+ROWS_FILE = "eval_rows.json"
+_ROW_KEYS = ("stage", "reasoner.eval.models", "reasoner.eval.modes",
+             "reasoner.eval.protocols", "reasoner.eval.splits", "reasoner.eval.compare",
+             "reasoner.eval.keep_thoughts")
+
+
+def _row_fingerprint(config, users: np.ndarray, summary: dict | None) -> str:
+  from s2gr_jax import config_lib  # pylint: disable=g-import-not-at-top
+  key = {"config": config_lib.comparable(config.to_dict(), ignore=_ROW_KEYS),
+         "users": [int(u) for u in users], "stage": summary}
+  return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_rows(path) -> dict:
+  """The rows an earlier eval of this workdir scored; a damaged file is set aside
+  with a warning (its rows are scored again), never trusted."""
+  if not fileio.exists(path):
+    return {}
+  try:
+    rows = fileio.read_json(path)
+  except errors.DataError as e:
+    log.warning("eval: %s; its rows are scored again", e)
+    return {}
+  if not isinstance(rows, dict):
+    log.warning("eval: %s is not a JSON object; its rows are scored again", path)
+    return {}
+  return rows
+
+
+def _write_rows(path, rows: dict) -> None:
+  """Written whole to a temporary file, then moved over the old one: a kill mid-write
+  leaves the old file."""
+  if jax.process_index() == 0:
+    tmp = fileio.path(str(path) + ".tmp")
+    fileio.write_json(tmp, rows, sort_keys=True)
+    tmp.replace(path)
+
+
 def _buckets(buckets, max_history: int) -> tuple[int, ...]:
   """History-length buckets that end at ``max_history``."""
   return tuple(b for b in buckets if b < max_history) + (max_history,)
@@ -612,7 +656,9 @@ def _names(spec: str, allowed, what: str) -> list[str]:
 
 class ReasonEval:
   """The ``eval`` stage (module docstring): ``results.json``, ``results.md`` and
-  ``eval_thoughts.jsonl`` (the first thoughts of each thinking evaluation)."""
+  ``eval_thoughts.jsonl`` (the first thoughts of each thinking evaluation); each row
+  is kept in ``eval_rows.json`` as it is scored, and an eval run again with the same
+  settings (after a kill) reads the rows it has instead of scoring them again."""
 
   name = "eval"
 
@@ -628,6 +674,8 @@ class ReasonEval:
     histories = {p: histories[p] for p in protocols}
     users = _users(ctx, e.users)
     index = decoding.make_index(setup.table, "prefix")
+    done_path = fileio.join(ctx.workdir, ROWS_FILE)
+    done = _read_rows(done_path)
     results: dict[str, Any] = {"eval/users": len(users), "eval/beam_size":
                                config.eval.beam_size, "data/name": ctx.dataset.name}
     rows: dict = {p: {s: {} for s in splits} for p in protocols}
@@ -637,35 +685,50 @@ class ReasonEval:
         log.info("eval: no finished stage %s in %s; its rows are left out", name,
                  ctx.workdir)
         continue
-      model = (setup.base_model() if name == "base"
-               else load_stage_model(setup, stage_dir(ctx, name)))
+      summary = None
       if name != "base":
         summary = fileio.read_json(fileio.join(stage_dir(ctx, name), "summary.json"))
         results.update({f"{name}/{k}": v for k, v in summary.items()
                         if isinstance(v, (int, float, str, bool))})
+      fingerprint = _row_fingerprint(config, users, summary)
+      model = None  # loaded for the first row not already scored
       for protocol, max_history in histories.items():
         for s in splits:
           hists, targets = _histories(ctx, s, users, max_history)
           for mode in modes:
-            t0 = time.time()
-            items, thoughts = rank_histories(
-                model, setup, index, hists, think=mode == "think",
-                beam=config.eval.beam_size, batch_size=e.batch_size,
-                think_tokens=e.think_tokens)
-            m = lm_metrics(items, targets, config.eval.ks)
-            wall = time.time() - t0
+            key = f"{name}/{mode}/{protocol}/{s}"
+            row = done.get(key)
+            if isinstance(row, dict) and row.get("fingerprint") == fingerprint:
+              log.info("eval %s: scored by an earlier (interrupted) eval with these "
+                       "settings, read from %s", key, done_path)
+            else:
+              if model is None:
+                model = (setup.base_model() if name == "base"
+                         else load_stage_model(setup, stage_dir(ctx, name)))
+              t0 = time.time()
+              items, thoughts = rank_histories(
+                  model, setup, index, hists, think=mode == "think",
+                  beam=config.eval.beam_size, batch_size=e.batch_size,
+                  think_tokens=e.think_tokens)
+              row = {"fingerprint": fingerprint,
+                     "metrics": lm_metrics(items, targets, config.eval.ks),
+                     "wall_s": time.time() - t0,
+                     "thoughts": [{"model": name, "protocol": protocol, "split": s,
+                                   "user": int(u), "target": int(t), "thought": th,
+                                   "top": [int(x) for x in it[:5]]}
+                                  for u, t, th, it in list(zip(users, targets, thoughts,
+                                                               items))[:e.keep_thoughts]]}
+              done[key] = row
+              _write_rows(done_path, done)
+            m = row["metrics"]
             label = f"{LABELS[name]}, {'thinking' if mode == 'think' else 'non-thinking'}"
             rows[protocol][s][label] = m
-            results.update({f"{name}/{mode}/{protocol}/{s}/{k}": v for k, v in m.items()})
-            results[f"{name}/{mode}/{protocol}/{s}/wall_s"] = wall
+            results.update({f"{key}/{k}": v for k, v in m.items()})
+            results[f"{key}/wall_s"] = row["wall_s"]
             log.info("eval %s %s %s %s: R@10 %.4f N@10 %.4f (%d users, %.0f s)", name,
                      mode, protocol, s, m.get("recall@10", float("nan")),
-                     m.get("ndcg@10", float("nan")), len(users), wall)
-            thoughts_out += [{"model": name, "protocol": protocol, "split": s,
-                              "user": int(u), "target": int(t), "thought": th,
-                              "top": [int(x) for x in it[:5]]}
-                             for u, t, th, it in list(zip(users, targets, thoughts,
-                                                          items))[:e.keep_thoughts]]
+                     m.get("ndcg@10", float("nan")), len(users), row["wall_s"])
+            thoughts_out += row["thoughts"]
       del model
     compare = _compare_rows(ctx, e.compare, users, splits, histories) if e.compare else {}
     base = _baseline_rows(ctx, users, splits, histories)
