@@ -224,8 +224,8 @@ def sidreasoner_recipe(dataset: str, arg: str | None) -> ml_collections.ConfigDi
   CoBa SIDs of the MiniLM text vectors (3 x 256 + de-dup), S2GR's tokenizer.
 
   Default: the full recipe (every stream, 3,000 + 1,000 SFT steps, 200 GRPO steps,
-  every user evaluated): a GPU job. ``:cpu``: what a 2-core CPU allows in about an
-  hour and a half (the SID streams, LoRA, short stages, 500 evaluation users);
+  every user evaluated): a GPU job. ``:cpu``: what a 2-core CPU allows in about two
+  and a half hours (the SID streams, LoRA, short stages, 300 evaluation users);
   ``:tiny``: the random tiny LM, a few steps of each stage (tests, a first look).
   """
   c = base_config()
@@ -237,14 +237,14 @@ def sidreasoner_recipe(dataset: str, arg: str | None) -> ml_collections.ConfigDi
   c.stages = "tokenize,align,activate,rl,eval"
   c.eval.update(batch_size=64, beam_size=20)
 
-  def cpu(c):  # what fits about 75 minutes of a 2-core CPU (docs/results.md)
+  def cpu(c):  # about 2.5 h of a 2-core CPU, stages and evaluation (docs/results.md)
     c.reasoner.align.update(streams="sid_history_to_sid,title_to_sid,sid_to_title",
                             steps=200, eval_every=100, log_every=20)
     c.reasoner.activate.update(steps=40, eval_every=20, log_every=10)
     c.reasoner.rl.update(steps=3, batch_users=1, group=16, micro_batch=8,
                          think_tokens=32, val_users=50, eval_every=3, log_every=1)
     c.reasoner.update(val_examples=96)
-    c.reasoner.eval.update(users=200, think_tokens=32, batch_size=10, splits="test",
+    c.reasoner.eval.update(users=300, think_tokens=32, batch_size=10, splits="test",
                            protocols="sidr")
 
   def tiny(c):
