@@ -9,11 +9,11 @@ then checks values and their combinations and names the key at fault.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 
 import ml_collections
 
+from s2gr_jax import config_keys
 from s2gr_jax import fileio
 from s2gr_jax import models
 from s2gr_jax import stages
@@ -155,7 +155,9 @@ def base_config() -> ml_collections.ConfigDict:
   # padded to a multiple of it (0: to seq_len). Per stage: `steps` (0 skips it),
   # `max_examples` (0: every sample, else a seeded subset). `align.streams`: a subset of
   # lm/corpus.py's STREAMS, `align.weights`: 'stream=weight,...' mixing; `narratives` /
-  # `activate.rationales`: user JSON-lines files. `rl`: GRPO (lm/lm_grpo.py): `group`
+  # `activate.rationales`: user JSON-lines files; `activate.rationale_style`: the data's
+  # rationales quote the recent 'titles' (~110 Gemma tokens on Scientific) or name only
+  # their leaf 'categories' (~40), to fit `rl.think_tokens` / `eval.think_tokens`. `rl`: GRPO (lm/lm_grpo.py): `group`
   # rollouts of `batch_users` prompts a step, thoughts <= `think_tokens`, gradients in
   # `micro_batch` rows; `val_think`: validate in thinking mode. `eval`: `users` (0 =
   # all) scored for every row, `models`, `modes` ('plain','think'), `protocols`
@@ -171,7 +173,8 @@ def base_config() -> ml_collections.ConfigDict:
       align=dict(streams=",".join(_corpus_streams()), weights="", narratives="",
                  max_examples=0, steps=3000, batch_size=8, lr=3e-4, warmup=20,
                  eval_every=500, log_every=50, patience=3, stop_at_step=-1),
-      activate=dict(rationales="", max_examples=0, steps=1000, batch_size=8, lr=1e-4,
+      activate=dict(rationales="", rationale_style="titles", max_examples=0, steps=1000,
+                    batch_size=8, lr=1e-4,
                     warmup=10, eval_every=250, log_every=50, patience=5, stop_at_step=-1),
       rl=dict(steps=200, batch_users=4, group=16, lr=1e-5, warmup=0, kl_coef=0.001,
               temperature=1.0, think_tokens=96, micro_batch=8, max_prompt=256,
@@ -195,6 +198,8 @@ def validate_reasoner(config: ml_collections.ConfigDict) -> None:
   r = config.reasoner
   _choice("reasoner.lm", r.lm, ("gemma3_270m", "tiny"))
   _choice("reasoner.sid_init", r.sid_init, ("text", "mean"))
+  _choice("reasoner.activate.rationale_style", r.activate.rationale_style,
+          corpus.RATIONALE_STYLES)
   streams = [x.strip() for x in str(r.align.streams).split(",") if x.strip()]
   bad = [x for x in streams if x not in corpus.STREAMS]
   if bad or not streams:
@@ -240,11 +245,14 @@ def sidreasoner_recipe(dataset: str, arg: str | None) -> ml_collections.ConfigDi
   def cpu(c):  # about 2.5 h of a 2-core CPU, stages and evaluation (docs/results.md)
     c.reasoner.align.update(streams="sid_history_to_sid,title_to_sid,sid_to_title",
                             steps=200, eval_every=100, log_every=20)
-    c.reasoner.activate.update(steps=40, eval_every=20, log_every=10)
-    c.reasoner.rl.update(steps=3, batch_users=1, group=16, micro_batch=8,
-                         think_tokens=32, val_users=50, eval_every=3, log_every=1)
+    # Thoughts of <= 64 tokens: the 'categories' rationales fit (98% on Scientific); the
+    # 'titles' ones (median 109 tokens) were cut before naming the next category.
+    c.reasoner.activate.update(steps=40, eval_every=20, log_every=10,
+                               rationale_style="categories")
+    c.reasoner.rl.update(steps=6, batch_users=1, group=16, micro_batch=8,
+                         think_tokens=64, val_users=50, eval_every=6, log_every=1)
     c.reasoner.update(val_examples=96)
-    c.reasoner.eval.update(users=300, think_tokens=32, batch_size=10, splits="test",
+    c.reasoner.eval.update(users=300, think_tokens=64, batch_size=10, splits="test",
                            protocols="sidr")
 
   def tiny(c):
@@ -275,37 +283,11 @@ def update_models(config: ml_collections.ConfigDict, names=None, **values) -> No
     section.update({k: v for k, v in values.items() if k in section})
 
 
-# Config keys that do not change a run's result (where files are, how it is shown): they
-# may differ between a run and its resumption (another machine, another data path).
-IGNORED_ON_RESUME = ("data.dir", "data.tfds_dir", "data.num_threads",
-                     "tokenizer.text_encoder_dir", "train.progress_bar", "wandb")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-def comparable(config_dict: dict, ignore: tuple[str, ...] = ()) -> dict:
-  """A config as flat JSON values, without the keys that do not change a result (and
-  the keys, or sections, in ``ignore``)."""
-  flat = _flat(json.loads(json.dumps(config_dict)))
-  skip = IGNORED_ON_RESUME + tuple(ignore)
-  return {k: v for k, v in flat.items()
-          if not any(k == i or k.startswith(i + ".") for i in skip)}
-
-
-def differences(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-  """``key: old vs new`` for every result-changing key where configs ``a`` and ``b``
-  differ (a key only one of them has counts, with None for the other)."""
-  a, b = comparable(a, ignore), comparable(b, ignore)
-  return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b))
-          if a.get(k) != b.get(k)]
+# How configs are compared (resume, tuning, kept eval rows) lives in the infrastructure
+# layer, so that a training module can fingerprint a config without importing the recipe.
+IGNORED_ON_RESUME = config_keys.IGNORED_ON_RESUME
+comparable = config_keys.comparable
+differences = config_keys.differences
 
 
 # Model fields added after runs were saved whose default is not what those runs did:

@@ -86,6 +86,21 @@ def test_rationale_reads_the_history_and_the_targets_category():
   assert "related Goggles" in corpus.rationale(item_text(), [1, 2], 4)
 
 
+def test_the_categories_rationale_is_shorter_and_ends_on_the_same_category():
+  hist = [1, 2, 3, 5, 2]
+  long = corpus.rationale(item_text(), hist, 6)
+  short = corpus.rationale(item_text(), hist, 6, style="categories")
+  assert short == ("Recent: Gloves; Beakers; Beakers. Mostly: Beakers (3), Gloves (2). "
+                   "Next: more Gloves, last seen 3 item(s) ago.")
+  assert "Title" not in short and len(short) < len(long)
+  assert corpus.rationale(item_text(), [1, 2], 4, style="categories").endswith(
+      "Next: a related Goggles product.")
+  samples = corpus.reasoning_samples(SEQUENCES, item_text(), sid_text, style="categories")
+  assert all(s.answer.startswith("<think>\nRecent: ") for s in samples)
+  with pytest.raises(ValueError, match="rationale style 'poems'"):
+    corpus.rationale(item_text(), hist, 6, style="poems")
+
+
 def test_mixing_weights_and_user_files(tmp_path):
   samples = corpus.alignment_samples(SEQUENCES, item_text(), sid_text)
   mixed = corpus.mix(samples, {"item_text": 0.0, "sid_history_to_sid": 2.0})

@@ -8,7 +8,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "s2gr_jax"
 
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS = (
-    ("infrastructure", ("fileio", "errors", "downloads", "parallel", "metrics")),
+    ("infrastructure", ("fileio", "errors", "downloads", "parallel", "metrics",
+                        "config_keys")),
     ("data", ("data",)),
     ("sid", ("sid",)),
     ("models", ("models",)),

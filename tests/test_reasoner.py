@@ -279,3 +279,7 @@ def test_bad_reasoner_settings_fail_naming_the_key():
   c.reasoner.rl.micro_batch = 3
   with pytest.raises(ValueError, match="micro_batch=3"):
     config_lib.validate(c)
+  c = recipe.get_config("tiny")
+  c.reasoner.activate.rationale_style = "poems"
+  with pytest.raises(ValueError, match="reasoner.activate.rationale_style='poems'"):
+    config_lib.validate(c)

@@ -21,11 +21,12 @@ metadata instead, and ``narratives=`` takes a user's own JSON-lines file of
 
 Stage 2, reasoning activation (``reasoning_samples``): the same next-SID prompt asking to
 think first, answered ``<think>rationale</think>`` then the SID. The rationale is built
-from the data: the categories and titles of the recent history, and which of the
-history's categories the next item's leaf category continues (the target's category
-is known for a training example, as upstream's teacher knew the target); or it comes
-from a user's file (``rationales=``, JSON lines {"user": ..., "position": ..., "text":
-...}).
+from the data: the titles (``style='titles'``) or only the leaf categories
+(``'categories'``, short enough for a small thinking budget) of the recent history, the
+history's categories, and which of them the next item's leaf category continues (the
+target's category is known for a training example, as upstream's teacher knew the
+target); or it comes from a user's file (``rationales=``, JSON lines {"user": ...,
+"position": ..., "text": ...}).
 
 **No validation or test target enters either corpus**: histories and targets are taken
 from each user's training part only (leave-one-out: all but the last two items), the
@@ -181,19 +182,39 @@ def item_description(item_text, item: int, sid_text: Callable[[int], str]) -> st
   return text
 
 
-def rationale(item_text, hist: Sequence[int], target: int, recent: int = 3) -> str:
-  """A rationale from the data: the recent titles, the history's categories, and how
-  the next item's category relates to them."""
+# How stage 2's rationales are written from the data (``rationale``): 'titles' quotes the
+# last items' titles (about 120 Gemma tokens on Scientific, median), 'categories' names
+# only their leaf categories (about 40): a thought that fits a short thinking budget.
+RATIONALE_STYLES = ("titles", "categories")
+
+
+def rationale(item_text, hist: Sequence[int], target: int, recent: int = 3,
+              style: str = "titles") -> str:
+  """A rationale from the data: the recent items (their titles, or with
+  ``style='categories'`` their leaf categories), the history's categories, and how the
+  next item's category relates to them. Either style ends on the next item's category."""
+  if style not in RATIONALE_STYLES:
+    raise ValueError(f"rationale style {style!r}: expected one of {RATIONALE_STYLES}")
   leaves = [_leaf(item_text, i) for i in hist]
   counts = collections.Counter(c for c in leaves if c)
+  top = ", ".join(f"{c} ({n})" for c, n in counts.most_common(3))
+  want = _leaf(item_text, target)
+  last = (max(p for p, c in enumerate(leaves) if c == want)
+          if want and want in counts else None)
+  if style == "categories":
+    lines = ["Recent: " + "; ".join(c or "unknown" for c in leaves[-recent:]) + "."]
+    if counts:
+      lines.append(f"Mostly: {top}.")
+    if last is not None:
+      lines.append(f"Next: more {want}, last seen {len(hist) - last} item(s) ago.")
+    elif want:
+      lines.append(f"Next: a related {want} product.")
+    return " ".join(lines)
   recent_titles = _quoted([title(item_text, i) for i in hist[-recent:]])
   lines = [f"The most recent items are {recent_titles}."]
   if counts:
-    top = ", ".join(f"{c} ({n})" for c, n in counts.most_common(3))
     lines.append(f"The history's categories are mostly {top}.")
-  want = _leaf(item_text, target)
-  if want and want in counts:
-    last = max(p for p, c in enumerate(leaves) if c == want)
+  if last is not None:
     lines.append(f"The next item continues the {want} interest, last seen "
                  f"{len(hist) - last} item(s) ago.")
   elif want:
@@ -202,7 +223,7 @@ def rationale(item_text, hist: Sequence[int], target: int, recent: int = 3) -> s
 
 
 def reasoning_samples(sequences, item_text, sid_text, *, max_history: int = 10,
-                      rationales: str | None = None) -> list[Sample]:
+                      rationales: str | None = None, style: str = "titles") -> list[Sample]:
   """Stage 2's think-then-SID samples (module docstring)."""
   given = {}
   if rationales:
@@ -215,7 +236,7 @@ def reasoning_samples(sequences, item_text, sid_text, *, max_history: int = 10,
   out = []
   for user, pos, hist, target in history_pairs(sequences, max_history):
     sids = ", ".join(sid_text(i) for i in hist)
-    why = given.get((user, pos)) or rationale(item_text, hist, target)
+    why = given.get((user, pos)) or rationale(item_text, hist, target, style=style)
     system, user = reasoning_messages(sids)
     out.append(Sample("reasoning", f"{THINK_OPEN}\n{why}\n{THINK_CLOSE}\n\n"
                       f"{sid_text(target)}", system=system, user=user))

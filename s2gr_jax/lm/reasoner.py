@@ -53,6 +53,7 @@ import ml_collections
 import numpy as np
 
 from s2gr_jax import checkpoints as ckpt_lib
+from s2gr_jax import config_keys
 from s2gr_jax import decoding
 from s2gr_jax import errors
 from s2gr_jax import fileio
@@ -317,7 +318,8 @@ class FineTune:
       return samples
     return corpus.reasoning_samples(sequences, data.item_text, setup.sid_text,
                                     max_history=rcfg.max_history,
-                                    rationales=rcfg.activate.rationales or None)
+                                    rationales=rcfg.activate.rationales or None,
+                                    style=rcfg.activate.rationale_style)
 
   def run(self, ctx) -> None:
     rcfg = ctx.config.reasoner
@@ -343,6 +345,8 @@ class FineTune:
              "passes", self.name, sum(counts.values()), counts, len(train), len(val),
              lengths.mean(), lengths.max(), rcfg.seq_len, s.steps, s.batch_size,
              s.steps * s.batch_size / max(len(train), 1))
+    if self.name == "activate":
+      _log_thought_lengths(setup, samples, rcfg)
     init, source = start_model(ctx, self.name)
     result, best = sft.fine_tune(
         setup.cfg, None, train, val, stage_dir(ctx, self.name),
@@ -364,6 +368,29 @@ class FineTune:
         "passes": result.step * s.batch_size / max(len(train), 1),
         "wall_s": result.wall_s, "compile_s": result.compile_s,
         "stage_wall_s": time.time() - t0, "stopped_early": result.stopped_early})
+
+
+def _log_thought_lengths(setup: Setup, samples, rcfg) -> None:
+  """Stage 2's rationales against the thinking budgets: a thought cut before its end
+  never names the next item's category (the rollouts and thinking rows then emit the SID
+  after a cut thought), so a budget below most rationales is warned about."""
+  lengths = []
+  for x in samples[:2000]:
+    body = x.answer.split(corpus.THINK_OPEN, 1)[-1].split(corpus.THINK_CLOSE, 1)[0]
+    lengths.append(len(setup.tok.encode(body.strip())))
+  if not lengths:
+    return
+  lengths = np.asarray(lengths)
+  log.info("Stage activate: rationale tokens median %d, 90th percentile %d (style %r)",
+           np.median(lengths), np.percentile(lengths, 90), rcfg.activate.rationale_style)
+  for key in ("rl", "eval"):
+    budget = int(rcfg[key].think_tokens)
+    cut = float((lengths > budget).mean())
+    if cut > 0.5:
+      log.warning("Stage activate: %.0f%% of the rationales are longer than "
+                  "reasoner.%s.think_tokens=%d; those thoughts will be cut before their "
+                  "end (raise it, or use reasoner.activate.rationale_style='categories')",
+                  100 * cut, key, budget)
 
 
 # --- ranking with the LM --------------------------------------------------------------------
@@ -590,8 +617,7 @@ _ROW_KEYS = ("stage", "reasoner.eval.models", "reasoner.eval.modes",
 
 
 def _row_fingerprint(config, users: np.ndarray, summary: dict | None) -> str:
-  from s2gr_jax import config_lib  # pylint: disable=g-import-not-at-top
-  key = {"config": config_lib.comparable(config.to_dict(), ignore=_ROW_KEYS),
+  key = {"config": config_keys.comparable(config.to_dict(), ignore=_ROW_KEYS),
          "users": [int(u) for u in users], "stage": summary}
   return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
