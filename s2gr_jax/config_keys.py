@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 
 
-# Config keys that do not change a run's result (where files are, how it is shown): they
-# may differ between a run and its resumption (another machine, another data path).
+# Config keys that do not change a run's result (where files are, how it is shown, how a
+# batch is padded): they may differ between a run and its resumption (another machine,
+# another data path).
 IGNORED_ON_RESUME = ("data.dir", "data.tfds_dir", "data.num_threads",
-                     "tokenizer.text_encoder_dir", "train.progress_bar", "wandb")
+                     "tokenizer.text_encoder_dir", "train.progress_bar", "wandb",
+                     "reasoner.loss_bucket")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -152,12 +152,15 @@ def base_config() -> ml_collections.ConfigDict:
   # code) | 'mean' (all at the mean row). LoRA with
   # `lora_rank` > 0 (`train_embeddings`: the tied embedding trains too, which the new
   # SID tokens need); `max_history`: the items in training prompts; `bucket`: batches
-  # padded to a multiple of it (0: to seq_len). Per stage: `steps` (0 skips it),
+  # padded to a multiple of it (0: to seq_len), `loss_bucket`: the answer positions a
+  # batch computes the head at, padded to a multiple of it (0: of `bucket`; coarser =
+  # fewer compilations). Per stage: `steps` (0 skips it),
   # `max_examples` (0: every sample, else a seeded subset). `align.streams`: a subset of
   # lm/corpus.py's STREAMS, `align.weights`: 'stream=weight,...' mixing; `narratives` /
   # `activate.rationales`: user JSON-lines files; `activate.rationale_style`: the data's
   # rationales quote the recent 'titles' (~110 Gemma tokens on Scientific) or name only
-  # their leaf 'categories' (~40), to fit `rl.think_tokens` / `eval.think_tokens`. `rl`: GRPO (lm/lm_grpo.py): `group`
+  # their leaf 'categories' (~40), to fit `rl.think_tokens` / `eval.think_tokens`.
+  # `rl`: GRPO (lm/lm_grpo.py): `group`
   # rollouts of `batch_users` prompts a step, thoughts <= `think_tokens`, gradients in
   # `micro_batch` rows; `val_think`: validate in thinking mode. `eval`: `users` (0 =
   # all) scored for every row, `models`, `modes` ('plain','think'), `protocols`
@@ -168,7 +171,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.reasoner = ml_collections.ConfigDict(dict(
       lm="gemma3_270m", lm_path="", sid_init="text", lora_rank=16, lora_alpha=32.0,
       train_embeddings=True,
-      dtype="float32", remat=False, max_history=10, seq_len=384, bucket=64, chunk=256,
+      dtype="float32", remat=False, max_history=10, seq_len=384, bucket=64, loss_bucket=0,
+      chunk=256,
       val_examples=256,
       align=dict(streams=",".join(_corpus_streams()), weights="", narratives="",
                  max_examples=0, steps=3000, batch_size=8, lr=3e-4, warmup=20,
@@ -214,8 +218,8 @@ def validate_reasoner(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.reasoner.rl: batch_users x group = "
                      f"{r.rl.batch_users * r.rl.group} rollouts do not split into "
                      f"micro_batch={r.rl.micro_batch} rows")
-  for key in ("lora_rank", "max_history", "seq_len", "val_examples"):
-    if int(r[key]) < (0 if key == "lora_rank" else 1):
+  for key in ("lora_rank", "loss_bucket", "max_history", "seq_len", "val_examples"):
+    if int(r[key]) < (0 if key in ("lora_rank", "loss_bucket") else 1):
       raise ValueError(f"config.reasoner.{key}={r[key]} must be positive")
   for key, value in (("reasoner.eval.compare", r.eval.compare),
                      ("reasoner.align.narratives", r.align.narratives),
@@ -251,7 +255,9 @@ def sidreasoner_recipe(dataset: str, arg: str | None) -> ml_collections.ConfigDi
                                rationale_style="categories")
     c.reasoner.rl.update(steps=6, batch_users=1, group=16, micro_batch=8,
                          think_tokens=64, val_users=50, eval_every=6, log_every=1)
-    c.reasoner.update(val_examples=96)
+    # 40-200 steps: a compilation per answer-token count (~80 s) costs more than padded
+    # head rows; loss_bucket=256 compiles each length bucket once or twice.
+    c.reasoner.update(val_examples=96, loss_bucket=256)
     c.reasoner.eval.update(users=300, think_tokens=64, batch_size=10, splits="test",
                            protocols="sidr")
 

@@ -276,6 +276,16 @@ def test_completion_loss_is_the_masked_mean_of_the_full_logits():
   nll = -jnp.take_along_axis(lp, b["targets"][..., None], -1)[..., 0]
   want = float((nll * b["loss_mask"]).sum() / b["loss_mask"].sum())
   assert float(count) == 5 and float(loss) == pytest.approx(want, rel=1e-5)
+  # Bucketed: the head at the answer positions only (loss_at), padded with -1 to a
+  # multiple of bucket or of the coarser loss_bucket; the loss is the same.
+  for bucket, loss_bucket, size in ((4, 0, 8), (4, 16, 16)):
+    packed = sft.pack(ex, seq_len=7, bucket=bucket, loss_bucket=loss_bucket)
+    at = packed["loss_at"]
+    assert at.shape == (size,) and (at[5:] == -1).all()
+    np.testing.assert_array_equal(at[:5], np.flatnonzero(packed["loss_mask"].reshape(-1)))
+    got, n = sft.completion_loss(model, {k: jnp.asarray(v) for k, v in packed.items()},
+                                 chunk=4)
+    assert float(n) == 5 and float(got) == pytest.approx(want, rel=1e-5)
 
 
 def _reverse_examples(n, seed=0):

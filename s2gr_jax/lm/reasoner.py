@@ -354,7 +354,8 @@ class FineTune:
         num_steps=s.steps, log_every=s.log_every, eval_every=s.eval_every,
         seed=ctx.config.seed, mesh=ctx.mesh, chunk=rcfg.chunk, init_model=init,
         wrt=sft.trainable(setup.cfg, rcfg.train_embeddings), bucket=rcfg.bucket,
-        patience=s.patience, stop_at_step=s.get("stop_at_step", -1))
+        loss_bucket=rcfg.loss_bucket, patience=s.patience,
+        stop_at_step=s.get("stop_at_step", -1))
     del best, init
     if not result.finished:
       log.info("Stage %s stopped at step %d; rerun the same command to continue.",

@@ -51,12 +51,15 @@ class Example:
   completion: tuple[int, ...]
 
 
-def pack(examples: Sequence[Example], seq_len: int,
-         bucket: int = 0) -> dict[str, np.ndarray]:
+def pack(examples: Sequence[Example], seq_len: int, bucket: int = 0,
+         loss_bucket: int = 0) -> dict[str, np.ndarray]:
   """A training batch: tokens, valid, targets, loss_mask [B, seq_len] (docstring).
   With ``bucket`` > 0 the batch is only as long as its longest example, rounded up to
   a multiple of ``bucket`` (at most ``seq_len``): short batches cost less, and the
-  step compiles once per length bucket."""
+  step compiles once per length bucket. ``loss_at`` (the answer positions, where the
+  head is computed) is padded to a multiple of ``loss_bucket`` (0: of ``bucket``): the
+  step compiles once per (length, ``loss_at`` size), so a coarser ``loss_bucket`` means
+  fewer compilations (minutes each on a CPU) for some padded head rows a step."""
   b = len(examples)
   if bucket > 0:
     longest = max(len(e.prompt) + len(e.completion) - 1 for e in examples)
@@ -76,7 +79,8 @@ def pack(examples: Sequence[Example], seq_len: int,
     out["loss_mask"][i, :n] = is_completion[1:]
   if bucket > 0:  # where the loss is: the head is computed there only (completion_loss)
     at = np.flatnonzero(out["loss_mask"].reshape(-1)).astype(np.int32)
-    size = -(-max(len(at), 1) // bucket) * bucket
+    step = loss_bucket if loss_bucket > 0 else bucket
+    size = -(-max(len(at), 1) // step) * step
     out["loss_at"] = np.concatenate([at, np.full(size - len(at), -1, np.int32)])
   return out
 
@@ -84,23 +88,26 @@ def pack(examples: Sequence[Example], seq_len: int,
 class PackBatch(grain.transforms.Map):
   """Indices → a packed batch (a grain transform)."""
 
-  def __init__(self, examples: Sequence[Example], seq_len: int, bucket: int = 0):
-    self.examples, self.seq_len, self.bucket = examples, seq_len, bucket
+  def __init__(self, examples: Sequence[Example], seq_len: int, bucket: int = 0,
+               loss_bucket: int = 0):
+    self.examples, self.seq_len = examples, seq_len
+    self.bucket, self.loss_bucket = bucket, loss_bucket
 
   def map(self, index):
     return pack([self.examples[int(i)] for i in np.asarray(index)], self.seq_len,
-                self.bucket)
+                self.bucket, self.loss_bucket)
 
 
 def dataset(examples: Sequence[Example], batch_size: int, seq_len: int, seed: int,
-            repeat: bool = True, bucket: int = 0):
+            repeat: bool = True, bucket: int = 0, loss_bucket: int = 0):
   """Shuffled (every epoch) batches of ``examples``, as a checkpointable grain stream."""
   if len(examples) < batch_size:
     raise ValueError(f"{len(examples)} examples, fewer than one batch of {batch_size}")
   ds = grain.MapDataset.range(len(examples)).seed(seed).shuffle()
   if repeat:
     ds = ds.repeat()
-  ds = ds.batch(batch_size, drop_remainder=True).map(PackBatch(examples, seq_len, bucket))
+  ds = ds.batch(batch_size, drop_remainder=True).map(
+      PackBatch(examples, seq_len, bucket, loss_bucket))
   return ds.to_iter_dataset()
 
 
@@ -227,7 +234,7 @@ def fine_tune(cfg: gemma.GemmaConfig, params: dict | None, train_examples, val_e
               warmup: int = 10, num_steps: int = 100, log_every: int = 10,
               eval_every: int = 50, seed: int = 0, mesh=None, chunk: int = 256,
               stop_at_step: int = -1, init_model: gemma.Gemma3 | None = None,
-              wrt=None, bucket: int = 0, patience: int = 0):
+              wrt=None, bucket: int = 0, loss_bucket: int = 0, patience: int = 0):
   """Fine-tunes (``cfg.lora_rank`` > 0: LoRA; else every parameter; ``wrt``: the
   parameters a filter selects, e.g. ``trainable(cfg, embeddings=True)``) from ``params``
   (``gguf_io.load_gguf``'s layout), or from ``init_model`` (a model of this ``cfg``,
@@ -252,14 +259,15 @@ def fine_tune(cfg: gemma.GemmaConfig, params: dict | None, train_examples, val_e
     state = nnx.split((model, opt))[1]
   val = [{k: jnp.asarray(v) for k, v in b.items()} for b in
          dataset(val_examples, min(batch_size, len(val_examples)), seq_len, seed,
-                 repeat=False, bucket=bucket)]
+                 repeat=False, bucket=bucket, loss_bucket=loss_bucket)]
   writer = metric_writer.MetricWriter(workdir)
   try:
     result = train_lib.train_loop(
         loop_config(num_steps=num_steps, log_every=log_every, eval_every=eval_every,
                     seed=seed, stop_at_step=stop_at_step, patience=patience),
         train_step=make_step(graphdef, wrt, chunk), state=state, mesh=mesh,
-        train_ds=dataset(train_examples, batch_size, seq_len, seed, bucket=bucket),
+        train_ds=dataset(train_examples, batch_size, seq_len, seed, bucket=bucket,
+                         loss_bucket=loss_bucket),
         validate=evaluator(model_graphdef, val, chunk), ckpts=ckpts, writer=writer,
         examples_per_step=batch_size)
     best = result.state[0]
