@@ -283,3 +283,22 @@ def test_bad_reasoner_settings_fail_naming_the_key():
   c.reasoner.activate.rationale_style = "poems"
   with pytest.raises(ValueError, match="reasoner.activate.rationale_style='poems'"):
     config_lib.validate(c)
+
+
+@pytest.mark.parametrize("style", corpus.RATIONALE_STYLES)
+def test_stage_2_validates_on_rationales_of_the_style_it_trains_on(monkeypatch, style):
+  from s2gr_jax.lm import reasoner  # pylint: disable=g-import-not-at-top
+  import test_corpus  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(reasoner, "_users", lambda ctx, n, salt=0: np.arange(1))
+  monkeypatch.setattr(reasoner, "_histories",
+                      lambda ctx, split, users, max_history: ([[1, 2, 3]], [6]))
+  config = ml_collections.ConfigDict(dict(reasoner=dict(
+      max_history=10, activate=dict(rationale_style=style))))
+  ctx = type("Ctx", (), dict(config=config, dataset=type(
+      "Data", (), dict(item_text=test_corpus.item_text()))()))()
+  setup = type("Setup", (), dict(sid_text=staticmethod(test_corpus.sid_text)))()
+  (sample,) = reasoner._val_samples(ctx, setup, True, 1)  # pylint: disable=protected-access
+  trained = corpus.reasoning_samples([[1, 2, 3, 6, 7, 8]], test_corpus.item_text(),
+                                     test_corpus.sid_text, style=style)[2]
+  assert trained.answer.startswith(("<think>\nRecent: ", "<think>\nThe most recent"))
+  assert sample.answer == trained.answer

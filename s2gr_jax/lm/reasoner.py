@@ -287,7 +287,8 @@ def _val_samples(ctx, setup: Setup, think: bool, n: int):
     sids = ", ".join(setup.sid_text(i) for i in hist)
     if think:
       system, user = corpus.reasoning_messages(sids)
-      why = corpus.rationale(item_text, hist, int(target))
+      why = corpus.rationale(item_text, hist, int(target),
+                             style=ctx.config.reasoner.activate.rationale_style)
       answer = (f"{corpus.THINK_OPEN}\n{why}\n{corpus.THINK_CLOSE}\n\n"
                 f"{setup.sid_text(int(target))}")
     else:
