@@ -149,7 +149,8 @@ def base_config() -> ml_collections.ConfigDict:
   # config.stages. `reasoner.lm`: 'gemma3_270m' (GGUF fetched on first use, or
   # `lm_path`) | 'tiny' (random tiny LM, byte vocabulary: tests). `sid_init`: the new SID
   # tokens' embedding rows, 'text' (each the mean title embedding of the items with its
-  # code) | 'mean' (all at the mean row). LoRA with
+  # code) | 'mean' (all at the mean row); `think_init`: <think>, </think> at the mean row
+  # | 'turn' (copies of <start_of_turn>, <end_of_turn>). LoRA with
   # `lora_rank` > 0 (`train_embeddings`: the tied embedding trains too, which the new
   # SID tokens need); `max_history`: the items in training prompts; `bucket`: batches
   # padded to a multiple of it (0: to seq_len), `loss_bucket`: the answer positions a
@@ -169,7 +170,8 @@ def base_config() -> ml_collections.ConfigDict:
   # same users).
   c.stage = ""
   c.reasoner = ml_collections.ConfigDict(dict(
-      lm="gemma3_270m", lm_path="", sid_init="text", lora_rank=16, lora_alpha=32.0,
+      lm="gemma3_270m", lm_path="", sid_init="text", think_init="mean", lora_rank=16,
+      lora_alpha=32.0,
       train_embeddings=True,
       dtype="float32", remat=False, max_history=10, seq_len=384, bucket=64, loss_bucket=0,
       chunk=256,
@@ -202,6 +204,7 @@ def validate_reasoner(config: ml_collections.ConfigDict) -> None:
   r = config.reasoner
   _choice("reasoner.lm", r.lm, ("gemma3_270m", "tiny"))
   _choice("reasoner.sid_init", r.sid_init, ("text", "mean"))
+  _choice("reasoner.think_init", r.think_init, ("mean", "turn"))
   _choice("reasoner.activate.rationale_style", r.activate.rationale_style,
           corpus.RATIONALE_STYLES)
   streams = [x.strip() for x in str(r.align.streams).split(",") if x.strip()]

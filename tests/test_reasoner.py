@@ -124,6 +124,17 @@ def test_text_init_gives_each_sid_token_its_items_title_row_and_mean_init_one_ro
   # the model with the text rows still runs, and a second base_model reuses the rows
   assert t_model(jnp.asarray([ids[:3]])).shape == (1, 3, text.cfg.vocab_size)
   np.testing.assert_array_equal(np.asarray(text.base_model().embed.embedding[...]), t_rows)
+  # think_init='turn': <think>, </think> copy <start_of_turn>, <end_of_turn>; the rest
+  # of the table is unchanged
+  rcfg.think_init = "turn"
+  turn = reasoner.make_setup(rcfg, table, item_text=item_text)
+  u_rows = np.asarray(turn.base_model().embed.embedding[...])
+  start, end = (turn.tok.encode(x) for x in (tok_lib.START_OF_TURN, tok_lib.END_OF_TURN))
+  np.testing.assert_array_equal(u_rows[[turn.think_open, turn.think_close]],
+                                t_rows[start + end])
+  assert not np.array_equal(t_rows[turn.think_close], t_rows[end[0]])  # was the mean
+  keep = ~np.isin(np.arange(len(u_rows)), [turn.think_open, turn.think_close])
+  np.testing.assert_array_equal(u_rows[keep], t_rows[keep])
 
 
 def test_sequence_log_probs_are_the_full_forward_passs_at_the_sampled_tokens():

@@ -92,6 +92,7 @@ class Setup:
   separator: tuple[int, ...]  # "\n\n" after </think>
   seed: int = 0
   sid_init: str = "mean"  # 'mean' | 'text': the SID tokens' first rows (base_model)
+  think_init: str = "mean"  # 'mean' | 'turn': <think>, </think> first rows (base_model)
   item_text: Any = None  # the dataset's item_text (titles for sid_init='text')
   _text_rows: Any = dataclasses.field(default=None, repr=False)
 
@@ -109,7 +110,11 @@ class Setup:
   def base_model(self) -> gemma.Gemma3:
     """The pretrained model (or the random tiny one), embedding grown for the added
     tokens: new rows at the mean row, and with ``sid_init='text'`` each SID token at
-    the mean title embedding of its items (``sid_vocab.rows_from_text``)."""
+    the mean title embedding of its items (``sid_vocab.rows_from_text``); with
+    ``think_init='turn'`` ``<think>`` / ``</think>`` start as copies of Gemma's
+    ``<start_of_turn>`` / ``<end_of_turn>`` rows (tied head: ``</think>`` is then as
+    likely as the turn's end wherever the model would end a turn, and stage 2 only has
+    to tell the two apart)."""
     from s2gr_jax import lm  # pylint: disable=g-import-not-at-top
     model = lm.build(dataclasses.replace(self.cfg, vocab_size=self.base_vocab),
                      self.params, seed=self.seed)
@@ -118,7 +123,19 @@ class Setup:
     sid_vocab.grow_embedding(model, self.cfg.vocab_size)
     if self.sid_init == "text":
       sid_vocab.set_rows(model, self.vocab.all_ids(), rows)
+    if self.think_init == "turn":
+      table = model.embed.embedding[...]
+      like = [self._one_id(tok_lib.START_OF_TURN), self._one_id(tok_lib.END_OF_TURN)]
+      sid_vocab.set_rows(model, np.asarray([self.think_open, self.think_close]),
+                         np.asarray(table[np.asarray(like)]))
     return model
+
+  def _one_id(self, text: str) -> int:
+    ids = self.tok.encode(text)
+    if len(ids) != 1:
+      raise ValueError(f"reasoner.think_init='turn': {text!r} is not one token of this "
+                       f"tokenizer ({ids})")
+    return int(ids[0])
 
   def text_rows(self, table: np.ndarray) -> np.ndarray:
     """The SID tokens' rows from the items' titles (computed once per process)."""
@@ -173,7 +190,8 @@ def make_setup(rcfg, table, seed: int = 0, item_text=None) -> Setup:
   return Setup(tok=tok, vocab=vocab, cfg=cfg, base_vocab=base_vocab, params=params,
                table=table, think_open=think_open, think_close=think_close,
                separator=tuple(tok.encode("\n\n")), seed=seed,
-               sid_init=str(rcfg.get("sid_init", "mean")), item_text=item_text)
+               sid_init=str(rcfg.get("sid_init", "mean")),
+               think_init=str(rcfg.get("think_init", "mean")), item_text=item_text)
 
 
 def setup_of(ctx) -> Setup:
