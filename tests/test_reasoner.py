@@ -124,11 +124,14 @@ def test_text_init_gives_each_sid_token_its_items_title_row_and_mean_init_one_ro
   # the model with the text rows still runs, and a second base_model reuses the rows
   assert t_model(jnp.asarray([ids[:3]])).shape == (1, 3, text.cfg.vocab_size)
   np.testing.assert_array_equal(np.asarray(text.base_model().embed.embedding[...]), t_rows)
-  # think_init='turn': <think>, </think> copy <start_of_turn>, <end_of_turn>; the rest
-  # of the table is unchanged
+  # think_init='turn' (at the start of stage 2): <think>, </think> copy <start_of_turn>,
+  # <end_of_turn>; the rest of the table is unchanged
   rcfg.think_init = "turn"
   turn = reasoner.make_setup(rcfg, table, item_text=item_text)
-  u_rows = np.asarray(turn.base_model().embed.embedding[...])
+  model = turn.base_model()
+  np.testing.assert_array_equal(np.asarray(model.embed.embedding[...]), t_rows)
+  turn.copy_turn_rows(model)
+  u_rows = np.asarray(model.embed.embedding[...])
   start, end = (turn.tok.encode(x) for x in (tok_lib.START_OF_TURN, tok_lib.END_OF_TURN))
   np.testing.assert_array_equal(u_rows[[turn.think_open, turn.think_close]],
                                 t_rows[start + end])
@@ -208,7 +211,9 @@ def test_three_stages_and_the_evaluation_through_the_entry_point(tmp_path):
   losses = [json.loads(l) for l in open(os.path.join(workdir, "align", "metrics.jsonl"))]
   val = [r["val/loss"] for r in losses if "val/loss" in r]
   assert val[-1] < val[0]  # the alignment loss falls
-  _main(*base, "--config.stage=activate")
+  # stage 2 with the think tokens started at the turn tokens' rows
+  proc = _main(*base, "--config.stage=activate", "--config.reasoner.think_init=turn")
+  assert "start as copies of the turn tokens' rows" in proc.stdout + proc.stderr
   activate = json.load(open(os.path.join(workdir, "activate", "summary.json")))
   assert activate["from"] == "align" and activate["steps"] == 4
   _main(*base, "--config.stage=rl")

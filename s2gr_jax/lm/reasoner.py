@@ -92,7 +92,7 @@ class Setup:
   separator: tuple[int, ...]  # "\n\n" after </think>
   seed: int = 0
   sid_init: str = "mean"  # 'mean' | 'text': the SID tokens' first rows (base_model)
-  think_init: str = "mean"  # 'mean' | 'turn': <think>, </think> first rows (base_model)
+  think_init: str = "mean"  # 'mean' | 'turn': <think>, </think> rows (start_model)
   item_text: Any = None  # the dataset's item_text (titles for sid_init='text')
   _text_rows: Any = dataclasses.field(default=None, repr=False)
 
@@ -110,11 +110,7 @@ class Setup:
   def base_model(self) -> gemma.Gemma3:
     """The pretrained model (or the random tiny one), embedding grown for the added
     tokens: new rows at the mean row, and with ``sid_init='text'`` each SID token at
-    the mean title embedding of its items (``sid_vocab.rows_from_text``); with
-    ``think_init='turn'`` ``<think>`` / ``</think>`` start as copies of Gemma's
-    ``<start_of_turn>`` / ``<end_of_turn>`` rows (tied head: ``</think>`` is then as
-    likely as the turn's end wherever the model would end a turn, and stage 2 only has
-    to tell the two apart)."""
+    the mean title embedding of its items (``sid_vocab.rows_from_text``)."""
     from s2gr_jax import lm  # pylint: disable=g-import-not-at-top
     model = lm.build(dataclasses.replace(self.cfg, vocab_size=self.base_vocab),
                      self.params, seed=self.seed)
@@ -123,12 +119,17 @@ class Setup:
     sid_vocab.grow_embedding(model, self.cfg.vocab_size)
     if self.sid_init == "text":
       sid_vocab.set_rows(model, self.vocab.all_ids(), rows)
-    if self.think_init == "turn":
-      table = model.embed.embedding[...]
-      like = [self._one_id(tok_lib.START_OF_TURN), self._one_id(tok_lib.END_OF_TURN)]
-      sid_vocab.set_rows(model, np.asarray([self.think_open, self.think_close]),
-                         np.asarray(table[np.asarray(like)]))
     return model
+
+  def copy_turn_rows(self, model: gemma.Gemma3) -> None:
+    """``<think>`` / ``</think>`` := ``model``'s ``<start_of_turn>`` / ``<end_of_turn>``
+    rows (``think_init='turn'``). With the tied head ``</think>`` is then as likely as
+    the turn's end wherever the model would end a turn, and stage 2 only has to tell
+    the two apart; from the mean row, 40 steps did not lift it above ``<end_of_turn>``."""
+    table = model.embed.embedding[...]
+    like = [self._one_id(tok_lib.START_OF_TURN), self._one_id(tok_lib.END_OF_TURN)]
+    sid_vocab.set_rows(model, np.asarray([self.think_open, self.think_close]),
+                       np.asarray(table[np.asarray(like)]))
 
   def _one_id(self, text: str) -> int:
     ids = self.tok.encode(text)
@@ -225,15 +226,26 @@ def load_stage_model(setup: Setup, folder) -> gemma.Gemma3:
 
 def start_model(ctx, stage: str) -> tuple[gemma.Gemma3, str]:
   """The model a stage starts from: the best of the latest earlier stage that has
-  one, else the base model."""
+  one, else the base model. The first stage that writes thoughts (``activate``, or
+  ``rl`` without it) sets the think tokens' rows as ``reasoner.think_init`` says (no
+  earlier stage learns them: stage 1's answers hold no thought)."""
   setup = setup_of(ctx)
   earlier = TRAINED[:TRAINED.index(stage)]
+  model, source = None, "base"
   for prev in reversed(earlier):
     if has_model(ctx, prev):
       log.info("Stage %s starts from stage %s's best checkpoint", stage, prev)
-      return load_stage_model(setup, stage_dir(ctx, prev)), prev
-  log.info("Stage %s starts from the base model", stage)
-  return setup.base_model(), "base"
+      model, source = load_stage_model(setup, stage_dir(ctx, prev)), prev
+      break
+  if model is None:
+    log.info("Stage %s starts from the base model", stage)
+    model = setup.base_model()
+  thinks = ("activate", "rl")
+  if setup.think_init == "turn" and stage in thinks and source not in thinks:
+    log.info("Stage %s: <think>, </think> start as copies of the turn tokens' rows "
+             "(reasoner.think_init='turn')", stage)
+    setup.copy_turn_rows(model)
+  return model, source
 
 
 def _histories(ctx, split: str, users: np.ndarray, max_history: int):
