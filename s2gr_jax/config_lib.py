@@ -248,6 +248,10 @@ def sidreasoner_recipe(dataset: str, arg: str | None) -> ml_collections.ConfigDi
   c.model.name = "sidreasoner"
   c.stages = "tokenize,align,activate,rl,eval"
   c.eval.update(batch_size=64, beam_size=20)
+  # From the mean row, 40 stage-2 steps never emitted </think> (greedy: <end_of_turn> in
+  # its place, 20 of 20 thoughts); from the turn tokens' rows, 20 of 20 closed
+  # (docs/results.md, 2026-12-08).
+  c.reasoner.think_init = "turn"
 
   def cpu(c):  # about 2.5 h of a 2-core CPU, stages and evaluation (docs/results.md)
     c.reasoner.align.update(streams="sid_history_to_sid,title_to_sid,sid_to_title",
