@@ -18,19 +18,23 @@ Commands:
   # one stage at a time (each resumes in WORKDIR/<stage>/; a stage starts from the
   # best checkpoint of the latest earlier one):
   ... --config.stage=align   (then activate, rl, eval)
-  # the CPU budget (SID streams, 200 + 40 SFT steps, 3 GRPO steps, 300 test users):
+  # the CPU budget (SID streams, 200 + 40 SFT steps with rationales of leaf
+  # categories, 6 GRPO steps, thoughts <= 64 tokens, 300 test users):
   ... --config configs/sidreasoner_scientific.py:cpu --workdir runs/sr_cpu \\
       --config.tokenizer.from_workdir=runs/s2gr_scientific \\
       --config.reasoner.eval.compare=TIGER=runs/tiger_scientific,S2GR=runs/s2gr_scientific
   # the random tiny LM, a few steps of each stage (tests):
   ... --config configs/sidreasoner_scientific.py:tiny --workdir /tmp/sr_tiny
 
-Measured (:cpu, seed 0, the 2-core AMD EPYC CPU, float32; docs/results.md, tenth
-session): stage 1 4,354 s (shared; val loss 14.15 -> 3.21 nats), stage 2 1,811 s
-(4.81 -> 2.76), stage 3 867 s (every GRPO reward 0.1: no update), evaluation 6-10 min a
-row of 300 test users. R@10 / N@10 (history <= 10): base 0.0033 / 0.0021, stage 1
-0.0467 / 0.0239, stage 2 0.0267 / 0.0170 (thinking 0.0233 / 0.0109); TIGER 0.0633 /
-0.0426 and S2GR 0.0800 / 0.0405 on the same SIDs, popularity 0.0200 / 0.0136.
+Measured (:cpu, seed 0, the 2-core AMD EPYC CPU, float32; docs/results.md, tenth and
+eleventh sessions): stage 1 4,354 s (shared; val loss 14.15 -> 3.21 nats), stage 2
+1,067 s (categories rationales; 5.34 -> 1.68), stage 3 1,233 s (every GRPO reward 0.1:
+no thought closed with </think>, no update; think_init='turn', the recipe's since, makes
+every thought close), evaluation 4 min a non-thinking and 12 min a thinking row of 300
+test users. R@10 / N@10 (history <= 10): base 0.0033 /
+0.0021, stage 1 0.0467 / 0.0239, stage 2 0.0267 / 0.0184 (thinking 0.0233 / 0.0137);
+TIGER 0.0633 / 0.0426 and S2GR 0.0800 / 0.0405 on the same SIDs, popularity 0.0200 /
+0.0136.
 """
 
 from s2gr_jax import config_lib
