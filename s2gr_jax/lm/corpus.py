@@ -183,8 +183,8 @@ def item_description(item_text, item: int, sid_text: Callable[[int], str]) -> st
 
 
 # How stage 2's rationales are written from the data (``rationale``): 'titles' quotes the
-# last items' titles (about 120 Gemma tokens on Scientific, median), 'categories' names
-# only their leaf categories (about 40): a thought that fits a short thinking budget.
+# last items' titles (median 109 Gemma tokens on Scientific), 'categories' names
+# only their leaf categories (median 39): a thought that fits a short thinking budget.
 RATIONALE_STYLES = ("titles", "categories")
 
 
