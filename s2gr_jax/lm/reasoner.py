@@ -127,16 +127,9 @@ class Setup:
     the turn's end wherever the model would end a turn, and stage 2 only has to tell
     the two apart; from the mean row, 40 steps did not lift it above ``<end_of_turn>``."""
     table = model.embed.embedding[...]
-    like = [self._one_id(tok_lib.START_OF_TURN), self._one_id(tok_lib.END_OF_TURN)]
+    like = [self.tok.token_id(t) for t in (tok_lib.START_OF_TURN, tok_lib.END_OF_TURN)]
     sid_vocab.set_rows(model, np.asarray([self.think_open, self.think_close]),
                        np.asarray(table[np.asarray(like)]))
-
-  def _one_id(self, text: str) -> int:
-    ids = self.tok.encode(text)
-    if len(ids) != 1:
-      raise ValueError(f"reasoner.think_init='turn': {text!r} is not one token of this "
-                       f"tokenizer ({ids})")
-    return int(ids[0])
 
   def text_rows(self, table: np.ndarray) -> np.ndarray:
     """The SID tokens' rows from the items' titles (computed once per process)."""
@@ -377,7 +370,7 @@ class FineTune:
              lengths.mean(), lengths.max(), rcfg.seq_len, s.steps, s.batch_size,
              s.steps * s.batch_size / max(len(train), 1))
     if self.name == "activate":
-      _log_thought_lengths(setup, samples, rcfg)
+      _log_thought_lengths(setup, train, rcfg)
     init, source = start_model(ctx, self.name)
     result, best = sft.fine_tune(
         setup.cfg, None, train, val, stage_dir(ctx, self.name),
@@ -402,14 +395,14 @@ class FineTune:
         "stage_wall_s": time.time() - t0, "stopped_early": result.stopped_early})
 
 
-def _log_thought_lengths(setup: Setup, samples, rcfg) -> None:
+def _log_thought_lengths(setup: Setup, examples, rcfg) -> None:
   """Stage 2's rationales against the thinking budgets: a thought cut before its end
   never names the next item's category (the rollouts and thinking rows then emit the SID
   after a cut thought), so a budget below most rationales is warned about."""
-  lengths = []
-  for x in samples[:2000]:
-    body = x.answer.split(corpus.THINK_OPEN, 1)[-1].split(corpus.THINK_CLOSE, 1)[0]
-    lengths.append(len(setup.tok.encode(body.strip())))
+  # the tokens a thought generates after <think>, up to and including </think>
+  lengths = [e.completion.index(setup.think_close) - e.completion.index(setup.think_open)
+             for e in examples
+             if setup.think_open in e.completion and setup.think_close in e.completion]
   if not lengths:
     return
   lengths = np.asarray(lengths)
